@@ -1,0 +1,83 @@
+"""`ptrader validate` end to end: the report, its HTML (code hidden), the run index, parameter
+checks before any run, a failing template, and the template shipped inside the package."""
+import json
+import subprocess
+import sys
+import zipfile
+
+import nbformat
+import pytest
+
+from ptrader.data import Warehouse
+from ptrader.execution import backtest_signals, buy_and_hold_signals
+from ptrader.errors import ReportError
+from ptrader.reports import ValidationParams, run_report
+
+from conftest import ROOT
+
+
+def test_validate_writes_report_html_and_index(tmp_path, cli):
+    r = cli("validate", "--symbols", "SP500", "--start", "2009-01-01", "--end", "2014-12-31", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "reports"
+    htmls = sorted(rep.glob("validation-SP500-*.html"))
+    assert len(htmls) == 1
+    page = htmls[0].read_text()
+    for text in ("Validation report: SP500", "Data provenance and quality", "Buy and hold" , "Sharpe Ratio",
+                 "Max Drawdown Duration", "walk-forward folds", "plotly"):
+        assert text.lower() in page.lower(), text
+    assert "import numpy" not in page  # code is hidden
+    record = json.loads(htmls[0].with_suffix(".json").read_text())
+    assert record["status"] == "ok" and record["parameters"]["symbols"] == ["SP500"]
+    index = (rep / "index.html").read_text()
+    assert htmls[0].name in index and "1 run(s)" in index
+
+    # the buy-and-hold row of the executed notebook equals a backtest run here on the same bars
+    nb = nbformat.read(htmls[0].with_suffix(".ipynb"), as_version=4)
+    text = "\n".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    with Warehouse(tmp_path / "w.duckdb", read_only=True) as wh:
+        bars = wh.bars("SP500", "2009-01-01", "2014-12-31")
+    oos = bars.iloc[756:]
+    bh = backtest_signals(oos, *buy_and_hold_signals(oos), init_cash=100_000, fees_bps=1, slippage_bps=1)
+    assert f"{bh.stats()['Total Return']:.2%}" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--symbols", "NOPE"], "['NOPE'] not in warehouse"),
+    (["--initial-cash", "-5"], "initial_cash: Input should be greater than 0"),
+    (["--start", "2015-01-01", "--end", "2010-01-01"], "must be before end"),
+    (["--start", "2010-02-30"], "start:"),
+    (["--fees-bps", "-1"], "fees_bps"),
+    (["--symbols", "SP500", "--start", "2018-01-01"], "the walk-forward needs at least"),
+])
+def test_bad_parameters_fail_before_any_run(tmp_path, cli, args, message):
+    r = cli("validate", *args, "--quiet")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not list((tmp_path / "reports").glob("*.ipynb"))
+
+
+def test_failing_template_leaves_files_and_names_cell(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "nbs" / "reports").mkdir(parents=True)
+    (home / "settings.ini").write_text("[DEFAULT]\n")
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("symbols = []\ndb_path = None"); p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom in cell two')")]
+    nbformat.write(nb, home / "nbs" / "reports" / "failing.ipynb")
+    monkeypatch.setenv("PTRADER_HOME", str(home))
+    out = tmp_path / "out"
+    with pytest.raises(ReportError, match=r"code cell \[4\] .*starting \"raise RuntimeError.*RuntimeError: boom in cell two"):
+        run_report("failing", ValidationParams(), db_path=tmp_path / "w.duckdb", out_dir=out, progress=False)
+    assert len(list(out.glob("failing-*.ipynb"))) == 1 and len(list(out.glob("failing-*.html"))) == 1
+    rec = json.loads(next(out.glob("failing-*.json")).read_text())
+    assert rec["status"] == "failed" and "boom" in rec["error"]
+    assert "failed" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_template(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    whl = next(tmp_path.glob("ptrader-*.whl"))
+    names = zipfile.ZipFile(whl).namelist()
+    assert "ptrader/templates/validation.ipynb" in names and "ptrader/cli.py" in names
