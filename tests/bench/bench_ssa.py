@@ -1,0 +1,156 @@
+"""Benchmark of ptrader.ssa against peers measured in the same run (a script; pytest does not collect it).
+
+Run:  python tests/bench/bench_ssa.py            (all cases)
+      python tests/bench/bench_ssa.py --quick    (smaller sizes, for a smoke run)
+
+Cases
+1. N = 10,000, L = N/2, rank 10: ptrader (auto method + reconstruction) vs a naive NumPy SSA (build X, full
+   np.linalg.svd, Python-loop diagonal averaging) and pyts.decomposition.SingularSpectrumAnalysis. Prints ratios.
+2. N = 1,000,000, L = N/2, rank 5: decompose + reconstruct, in a child process so its peak RSS is its own.
+3. Rolling SSA: 10,000 windows of length 500, L = 100, rank 10: Numba CPU path vs the CuPy GPU path when a CUDA
+   device is present (windows per second for both), else the GPU line says why it was skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def series(N: int, seed: int = 0) -> np.ndarray:
+    t = np.arange(N)
+    rng = np.random.default_rng(seed)
+    return (np.cos(2 * np.pi * t / 7) + np.sin(2 * np.pi * t / 17) * np.exp(1.5 * t / N) + np.exp(-1.2 * t / N)
+            + 0.3 * np.sin(2 * np.pi * t / 101) + 0.2 * np.cos(2 * np.pi * t / 33) + 0.1 * rng.standard_normal(N))
+
+
+def naive_ssa(x: np.ndarray, L: int, r: int) -> np.ndarray:
+    "The textbook algorithm: explicit trajectory matrix, full SVD, loop diagonal averaging."
+    N = x.size
+    K = N - L + 1
+    X = np.column_stack([x[j:j + L] for j in range(K)])
+    U, s, Vt = np.linalg.svd(X, full_matrices=False)
+    Y = (U[:, :r] * s[:r]) @ Vt[:r]
+    out = np.zeros(N)
+    cnt = np.zeros(N)
+    for i in range(L):
+        out[i:i + K] += Y[i]
+        cnt[i:i + K] += 1
+    return out / cnt
+
+
+def timed(f, repeat: int = 1):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = f()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def case_10k(N: int):
+    from ptrader.ssa import SSA
+    x = series(N)
+    L, r = N // 2, 10
+    SSA(50, 3).fit(x[:200]).reconstruct()          # warm the Numba caches
+    t_pt, rec = timed(lambda: SSA(L, r).fit(x).reconstruct(), repeat=3)
+    method = SSA(L, r).fit(x).method_
+    print(f"[N={N:,}, L={L:,}, rank {r}] ptrader SSA (method={method}) fit+reconstruct: {t_pt:.4f} s")
+    t_nv, rec_nv = timed(lambda: naive_ssa(x, L, r))
+    print(f"  naive numpy (build X, full SVD, loop averaging): {t_nv:.3f} s   ratio naive/ptrader = {t_nv / t_pt:,.0f}x"
+          f"   max |diff| = {np.abs(rec - rec_nv).max():.2e}")
+    try:
+        from pyts.decomposition import SingularSpectrumAnalysis
+    except ImportError as e:
+        print(f"  pyts: skipped ({e})")
+        return
+    # pyts keeps every one of the L elementary components (L x N floats); groups=[0..r-1] still computes them all.
+    need = 8 * L * N * 3
+    if need > 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        print(f"  pyts: skipped (needs about {need / 2**30:.1f} GiB)")
+        return
+    pyts = SingularSpectrumAnalysis(window_size=L, groups=[np.arange(r)])
+    t_py, rec_py = timed(lambda: pyts.fit_transform(x[None, :]))
+    rec_py = np.asarray(rec_py).reshape(-1)
+    print(f"  pyts SingularSpectrumAnalysis: {t_py:.3f} s   ratio pyts/ptrader = {t_py / t_pt:,.0f}x"
+          f"   max |diff| = {np.abs(rec - rec_py).max():.2e}")
+
+
+def case_1m_child(N: int, method: str):
+    from ptrader.ssa import SSA
+    x = series(N)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    SSA(50, 3).fit(x[:200]).reconstruct()
+    t0 = time.perf_counter()
+    ssa = SSA(N // 2, 5, method=method).fit(x)
+    t1 = time.perf_counter()
+    rec = ssa.reconstruct()
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(method=ssa.method_, fit=t1 - t0, reconstruct=t2 - t1, rss_mib=rss / 1024,
+                          rss_before_mib=rss0 / 1024, resid_std=float(np.std(x - rec)),
+                          s=ssa.singular_values_.tolist())))
+
+
+def case_1m(N: int):
+    for method in ("propack", "lanczos"):
+        out = subprocess.run([sys.executable, __file__, "--child-1m", str(N), method], capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr)
+            continue
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"[N={N:,}, L={N // 2:,}, rank 5, method={d['method']}] fit {d['fit']:.2f} s + reconstruct "
+              f"{d['reconstruct']:.2f} s = {d['fit'] + d['reconstruct']:.2f} s; peak RSS {d['rss_mib']:.0f} MiB "
+              f"(process at start {d['rss_before_mib']:.0f} MiB; series alone {8 * N / 2**20:.0f} MiB); "
+              f"residual std {d['resid_std']:.4f}")
+
+
+def case_rolling(n_windows: int, window: int, L: int, r: int):
+    from ptrader.ssa import batched_ssa, cupy_or_none
+    x = series(n_windows + window - 1, seed=1) + np.cumsum(np.random.default_rng(2).standard_normal(n_windows + window - 1)) * 0.05
+    W = np.lib.stride_tricks.sliding_window_view(x, window)
+    batched_ssa(W[:16], L, r, 5, backend="cpu")       # compile / load cache
+    t_cpu, cpu = timed(lambda: batched_ssa(W, L, r, 5, backend="cpu"))
+    print(f"[rolling: {n_windows:,} windows x {window}, L={L}, rank {r}] Numba CPU: {t_cpu:.2f} s = "
+          f"{n_windows / t_cpu:,.0f} windows/s")
+    cp = cupy_or_none()
+    if cp is None:
+        print("  CuPy GPU: skipped (CuPy not installed or no CUDA device)")
+        return
+    batched_ssa(W[:16], L, r, 5, backend="gpu")
+    def run_gpu():
+        res = batched_ssa(W, L, r, 5, backend="gpu")
+        cp.cuda.Device().synchronize()
+        return res
+    t_gpu, gpu = timed(run_gpu, repeat=2)
+    err = np.abs(gpu.reconstruction - cpu.reconstruction).max()
+    print(f"  CuPy GPU: {t_gpu:.3f} s = {n_windows / t_gpu:,.0f} windows/s   ratio GPU/CPU = {t_cpu / t_gpu:.1f}x"
+          f"   max |rec diff| = {err:.2e}   max |forecast diff| = {np.nanmax(np.abs(gpu.forecast - cpu.forecast)):.2e}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--child-1m", nargs=2, metavar=("N", "METHOD"))
+    ap.add_argument("--only", choices=("10k", "1m", "rolling"))
+    a = ap.parse_args()
+    if a.child_1m:
+        case_1m_child(int(a.child_1m[0]), a.child_1m[1])
+        return
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()}")
+    if a.only in (None, "10k"):
+        case_10k(2_000 if a.quick else 10_000)
+    if a.only in (None, "1m"):
+        case_1m(100_000 if a.quick else 1_000_000)
+    if a.only in (None, "rolling"):
+        case_rolling(1_000 if a.quick else 10_000, 500, 100, 10)
+
+
+if __name__ == "__main__":
+    main()
