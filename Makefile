@@ -32,7 +32,7 @@ pytest:
 	$(BIN)/python -m pytest -q tests
 
 bench:                       ## benchmarks against peers (needs the bench extra)
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	for f in tests/bench/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
