@@ -26,5 +26,8 @@ class RiskLimitError(PtraderError):
 class ReportError(PtraderError):
     "A report failed to execute or render; the message names the notebook and the failing cell."
 
+class ConvergenceFailure(PtraderError, RuntimeError):
+    "An estimator did not converge; the message names the model and the settings that failed."
+
 # %% auto #0
-__all__ = ['PtraderError', 'DataValidationError', 'LookAheadError', 'RiskLimitError', 'ReportError']
+__all__ = ['PtraderError', 'DataValidationError', 'LookAheadError', 'RiskLimitError', 'ReportError', 'ConvergenceFailure']

@@ -18,23 +18,19 @@ import pandas as pd
 from scipy import stats as _st
 
 from .config import DEFAULTS
-from .errors import DataValidationError, PtraderError
+from .errors import ConvergenceFailure, DataValidationError, PtraderError
 from .ssa import (SSA, hankel_embed, hankelize_nb, lrr_coefficients, lrr_extend_nb, select_rank,
                          vector_forecast)
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'ConvergenceFailure', 'check_series', 'future_index', 'Forecaster', 'NaiveForecaster', 'SSAForecaster',
-           'fit_ar', 'SAMoSSAForecaster', 'SARIMAXForecaster', 'GARCHForecaster', 'rolling_origin', 'forecast_metrics',
+__all__ = ['logger', 'check_series', 'future_index', 'Forecaster', 'NaiveForecaster', 'SSAForecaster', 'fit_ar',
+           'SAMoSSAForecaster', 'SARIMAXForecaster', 'GARCHForecaster', 'rolling_origin', 'forecast_metrics',
            'volatility_metrics', 'ComparisonResult', 'compare_forecasts', 'ensemble_forecasts', 'ForecastingReport',
            'forecasting_section']
 
 # %% ../nbs/04_forecast.ipynb #7ffba325
-class ConvergenceFailure(PtraderError, RuntimeError):
-    "An estimator did not converge; the message names the model and the settings that failed."
-
-
 def _check_choice(value, choices, name: str):
     if value not in choices:
         raise ValueError(f"{name}: unknown option {value!r}; expected one of {', '.join(map(repr, choices))}")
