@@ -25,8 +25,8 @@ from .ssa import (SSA, hankel_embed, hankelize_nb, lrr_coefficients, lrr_extend_
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'check_series', 'future_index', 'Forecaster', 'NaiveForecaster', 'SSAForecaster', 'fit_ar',
-           'SAMoSSAForecaster', 'SARIMAXForecaster', 'GARCHForecaster', 'rolling_origin', 'forecast_metrics',
+__all__ = ['logger', 'check_series', 'future_index', 'Forecaster', 'NaiveForecaster', 'residual_block_length', 'SSAForecaster',
+           'fit_ar', 'SAMoSSAForecaster', 'SARIMAXForecaster', 'GARCHForecaster', 'rolling_origin', 'forecast_metrics',
            'volatility_metrics', 'ComparisonResult', 'compare_forecasts', 'ensemble_forecasts', 'ForecastingReport',
            'forecasting_section']
 
@@ -224,6 +224,22 @@ class NaiveForecaster(Forecaster):
         return {"mean": mean[:, None], "sd": sd[:, None]}
 
 # %% ../nbs/04_forecast.ipynb #25592787
+def _block_indices(rng, n: int, size: int, block: int, B: int) -> np.ndarray:
+    "(B, size) circular moving-block bootstrap indices into 0..n-1, blocks of `block` (Politis & Romano 1992)."
+    nb = -(-size // block)
+    starts = rng.integers(0, n, size=(B, nb))
+    return ((starts[:, :, None] + np.arange(block)[None, None, :]) % n).reshape(B, nb * block)[:, :size]
+
+
+def residual_block_length(resid) -> int:
+    """Circular-bootstrap block length of Politis & White (2004) / Patton, Politis & White (2009) for residuals
+    (N,) or (N, M): the largest over columns, rounded up, clipped to ``[1, N // 4]`` (`arch.bootstrap.optimal_block_length`)."""
+    from arch.bootstrap import optimal_block_length
+    r = np.asarray(resid, dtype=np.float64).reshape(len(resid), -1)
+    b = max(float(optimal_block_length(r[:, m])["circular"].iloc[0]) for m in range(r.shape[1]))
+    return int(np.clip(math.ceil(b) if np.isfinite(b) else 1, 1, max(1, len(r) // 4)))
+
+
 class SSAForecaster(Forecaster):
     """Singular spectrum analysis forecaster (recurrent or vector), one series or several (mSSA, shared U).
 
@@ -232,24 +248,50 @@ class SSAForecaster(Forecaster):
     L : int, optional
         Window length; default ``min(N // 2, 120)``.
     rank : int or {"energy", "gd"}
-        Signal components kept (see `ptrader.ssa.SSA`).
+        Signal components kept (see `ptrader.ssa.SSA`); the bootstrap refits with the *fitted* rank.
     method : {"recurrent", "vector"}
     energy : float
         Energy share for ``rank="energy"``.
+    n_boot : int
+        Bootstrap replicates B for the prediction interval (>= 20; default 200).
+    bootstrap : {"block", "iid"}
+        Residual resampling: circular moving blocks (default; length `block_length`) or i.i.d. (Rssa).
+    block_length : int, optional
+        Block length in bars; default Politis-White on the residuals (`residual_block_length`).
+    seed : int
+        Seed of the bootstrap (`numpy.random.default_rng`).
 
-    Interval: Gaussian with ``sd_h = sigma * sqrt(h)``, sigma the standard deviation of the in-sample residual
-    ``y - reconstruction``; a heuristic that ignores the error in the estimated signal.
+    Interval: bootstrap prediction interval of Golyandina & Korobeynikov (2014), Sect. 6.2 (Rssa
+    ``forecast(interval="prediction")``), see the section text; shapes (h, M), units of `y`. Between refits
+    (`forecast(y=...)`) the fit-time deviation quantiles are centred on the new point forecast.
+
+    Attributes after `fit`: ``ssa_``, ``U_`` (L, r), ``R_`` (L-1,), ``sigma_`` (M,) residual s.d.,
+    ``block_length_``, ``params_``, ``diagnostics_``.
+
+    Raises
+    ------
+    ValueError
+        Unknown `method`/`rank`/`bootstrap`, ``n_boot < 20``, ``block_length < 1``.
 
     References
     ----------
-    Golyandina & Zhigljavsky (2013), *Singular Spectrum Analysis for Time Series*, Sect. 3.2."""
+    Golyandina & Zhigljavsky (2013), *Singular Spectrum Analysis for Time Series*, Sect. 3.2. Golyandina &
+    Korobeynikov (2014), Basic SSA and forecasting with R, Comput. Stat. Data Anal. 71, 934-954, Sect. 6.2.
+    Politis & White (2004), Econometric Reviews 23(1); Patton, Politis & White (2009), Econometric Reviews 28(4)."""
     multivariate = True
 
-    def __init__(self, L: int | None = None, rank: int | str = "energy", method: str = "recurrent", energy: float = 0.9):
+    def __init__(self, L: int | None = None, rank: int | str = "energy", method: str = "recurrent", energy: float = 0.9,
+                 *, n_boot: int = 200, bootstrap: str = "block", block_length: int | None = None, seed: int = DEFAULTS.seed):
         self.L, self.rank, self.energy = L, rank, energy
         self.method = _check_choice(method, ("recurrent", "vector"), "method")
         if isinstance(rank, str):
             _check_choice(rank, ("energy", "gd"), "rank")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 20:
+            raise ValueError(f"n_boot: need an integer >= 20 bootstrap replicates, got {n_boot!r}")
+        self.bootstrap = _check_choice(bootstrap, ("block", "iid"), "bootstrap")
+        if block_length is not None and (isinstance(block_length, bool) or not isinstance(block_length, (int, np.integer)) or block_length < 1):
+            raise ValueError(f"block_length: must be a positive integer or None, got {block_length!r}")
+        self.n_boot, self.block_length, self.seed = int(n_boot), block_length, seed
 
     def _fit(self, a):
         N = len(a)
@@ -257,9 +299,14 @@ class SSAForecaster(Forecaster):
         self.ssa_ = SSA(L=L, rank=self.rank, method="full" if self.rank == "gd" else "auto", energy=self.energy).fit(a)
         self.U_ = self.ssa_.U_
         self.R_ = lrr_coefficients(self.U_)
-        rec = self.ssa_.reconstruct().reshape(N, -1)
-        self.sigma_ = np.std(a - rec, axis=0)
-        self.params_ = pd.Series({"L": self.ssa_.L_, "rank": self.ssa_.rank_, **{f"sigma[{c}]": s for c, s in zip(self.columns_, self.sigma_)}})
+        self._rec = self.ssa_.reconstruct().reshape(N, -1)
+        res = a - self._rec
+        self.sigma_ = np.std(res, axis=0)
+        self.block_length_ = (1 if self.bootstrap == "iid" else
+                              int(self.block_length) if self.block_length is not None else residual_block_length(res))
+        self._dev = None
+        self.params_ = pd.Series({"L": self.ssa_.L_, "rank": self.ssa_.rank_, "block_length": self.block_length_,
+                                  **{f"sigma[{c}]": s for c, s in zip(self.columns_, self.sigma_)}})
         self.diagnostics_ = {"singular_values": self.ssa_.singular_values_, "contributions": self.ssa_.contributions_,
                              "verticality": float(self.U_[-1] @ self.U_[-1])}
 
@@ -273,17 +320,52 @@ class SSAForecaster(Forecaster):
         rec = hankelize_nb(np.ascontiguousarray(self.U_ @ (self.U_.T @ X)))
         return rec[-L:]
 
-    def _predict(self, a, h, level):
-        L = self.U_.shape[0]
+    def _point(self, a, h):
         mean = np.empty((h, a.shape[1]))
         for m in range(a.shape[1]):
             rec = self._tail_reconstruction(a[:, m])
             mean[:, m] = (lrr_extend_nb(rec[1:], self.R_, h) if self.method == "recurrent"
                           else vector_forecast(rec, self.U_, h))
-        sd = self.sigma_[None, :] * np.sqrt(np.arange(1, h + 1))[:, None]
-        return {"mean": mean, "sd": sd}
+        return mean
 
-# %% ../nbs/04_forecast.ipynb #608007e7
+    def bootstrap_paths(self, h: int) -> np.ndarray:
+        """Simulated future values (B, h, M) of the training series: bootstrap-refit forecast plus a resampled
+        future noise path (Golyandina & Korobeynikov 2014, Sect. 6.2). Replicates whose refit has verticality 1
+        (no recurrence) are dropped with a warning."""
+        self._check_fitted()
+        h = _check_h(h)
+        rec, a = self._rec, self._y
+        N, M = a.shape
+        res = a - rec
+        rng = np.random.default_rng(self.seed)
+        B, L, r = self.n_boot, self.ssa_.L_, self.ssa_.rank_
+        idx = (_block_indices(rng, N, N, self.block_length_, B) if self.bootstrap == "block"
+               else rng.integers(0, N, size=(B, N)))
+        Ys = rec[None] + res[idx]                                     # (B, N, M) bootstrap series
+        if self.bootstrap == "block":                                 # future noise: one contiguous stretch of h residuals
+            fidx = (rng.integers(0, N, size=(B, 1)) + np.arange(h)[None]) % N
+        else:                                                         # drawn (h, B) so a shorter h is a prefix
+            fidx = rng.integers(0, N, size=(h, B)).T
+        if M == 1 and self.method == "recurrent":
+            from ptrader.ssa import batched_ssa
+            fc = batched_ssa(Ys[:, :, 0], L, r, h, backend="cpu").forecast[:, :, None]
+        else:
+            fc = np.stack([SSA(L=L, rank=r, method="full").fit(Ys[b] if M > 1 else Ys[b, :, 0]).forecast(h, method=self.method).reshape(h, M)
+                           for b in range(B)])
+        sim = fc + res[fidx]
+        ok = np.isfinite(sim).all(axis=(1, 2))
+        if not ok.all():
+            logger.warning("SSA bootstrap: %d of %d replicates had verticality 1 and were dropped", int((~ok).sum()), B)
+        return sim[ok]
+
+    def _predict(self, a, h, level):
+        if self._dev is None or self._dev.shape[1] < h:
+            self._dev = self.bootstrap_paths(h) - self._point(self._y, h)[None]
+        mean = self._point(a, h)
+        lo, hi = np.quantile(self._dev[:, :h], [0.5 - level / 2, 0.5 + level / 2], axis=0)
+        return {"mean": mean, "lower": mean + lo, "upper": mean + hi}
+
+# %% ../nbs/04_forecast.ipynb #7649b08b
 def _ar_psi(phi, h):
     "MA(infinity) weights psi_0..psi_{h-1} of an AR with coefficients phi (psi_0 = 1)."
     psi = np.zeros(h)
@@ -292,6 +374,16 @@ def _ar_psi(phi, h):
         for i, c in enumerate(phi[:j], start=1):
             psi[j] += c * psi[j - i]
     return psi
+
+
+def _ar_ols(x, p: int) -> tuple[np.ndarray, float, int]:
+    "AR(p) without intercept by conditional least squares: the estimator of `AutoReg(x, lags=p, trend='n')`."
+    if p == 0:
+        return np.zeros(0), float(np.sqrt(np.mean(x ** 2))), 0
+    X = np.column_stack([x[p - i - 1:len(x) - i - 1] for i in range(p)])
+    phi = np.linalg.lstsq(X, x[p:], rcond=None)[0]
+    e = x[p:] - X @ phi
+    return phi, float(np.sqrt(np.mean(e ** 2))), p
 
 
 def fit_ar(x, *, order="aic", max_order: int = 10) -> tuple[np.ndarray, float, int]:
@@ -342,6 +434,11 @@ class SAMoSSAForecaster(Forecaster):
         Trailing folds and the forecast horizon scored in each ("cv" only).
     energy : float
         Energy share for "energy".
+    interval : {"ar", "sieve"}
+        "ar": Gaussian with the closed-form AR h-step variance ``sigma^2 sum_{j<h} psi_j^2``; "sieve": AR-sieve
+        bootstrap (Alonso, Peña & Romo 2002) that also carries signal and parameter estimation error.
+    n_boot, seed : int
+        Replicates (>= 20) and seed of the "sieve" bootstrap.
 
     Attributes after `fit`: ``rank_``, ``beta_`` (L-1,), ``U_`` (L, rank), ``ar_`` (dict series -> (phi, sigma, p)),
     ``params_``, ``diagnostics_`` (singular values, GD and energy ranks, CV errors).
@@ -350,18 +447,25 @@ class SAMoSSAForecaster(Forecaster):
     ----------
     Alomar, A., Dahleh, M., Mann, S., Shah, D. (2023). SAMoSSA: Multivariate singular spectrum analysis with
     stochastic autoregressive noise. NeurIPS 36. Agarwal, Alomar, Shah (2022), On multivariate singular
-    spectrum analysis and its variants, SIGMETRICS (mSSA, stacked Page matrix)."""
+    spectrum analysis and its variants, SIGMETRICS (mSSA, stacked Page matrix). Box, Jenkins & Reinsel (2008),
+    Sect. 5.1 (psi weights, forecast error variance). Alonso, Peña & Romo (2002), J. Stat. Plann. Inference 100, 1-11
+    (sieve bootstrap prediction intervals)."""
     multivariate = True
     min_obs = 40
 
     def __init__(self, L: int | None = None, rank: int | str = "cv", *, ar_order: int | str = "aic", max_ar: int = 10,
-                 max_rank: int = 10, cv_folds: int = 3, cv_horizon: int = 5, energy: float = 0.9):
+                 max_rank: int = 10, cv_folds: int = 3, cv_horizon: int = 5, energy: float = 0.9,
+                 interval: str = "sieve", n_boot: int = 200, seed: int = DEFAULTS.seed):
         if isinstance(rank, str):
             _check_choice(rank, ("cv", "gd", "energy"), "rank")
         if isinstance(ar_order, str):
             _check_choice(ar_order, ("aic", "bic", "hqic"), "ar_order")
         self.L, self.rank, self.ar_order, self.max_ar, self.max_rank = L, rank, ar_order, max_ar, max_rank
         self.cv_folds, self.cv_horizon, self.energy = cv_folds, cv_horizon, energy
+        self.interval = _check_choice(interval, ("ar", "sieve"), "interval")
+        if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 20:
+            raise ValueError(f"n_boot: need an integer >= 20 bootstrap replicates, got {n_boot!r}")
+        self.n_boot, self.seed = int(n_boot), seed
 
     # -- core fit for a given rank, shared by CV ---------------------------------------------------------
     @staticmethod
@@ -438,6 +542,7 @@ class SAMoSSAForecaster(Forecaster):
         self.L_, self.rank_, self.U_, self.beta_ = L, r, Ur, beta
         self.ar_ = {c: v for c, v in zip(self.columns_, ar)}
         self.fitted_ = resid
+        self._dev = None
         par = {"L": L, "rank": r}
         for c, (phi, sig, p) in self.ar_.items():
             par[f"ar_order[{c}]"] = p
@@ -469,9 +574,54 @@ class SAMoSSAForecaster(Forecaster):
             err[rm:] = np.inf
         return int(np.argmin(err) + 1), pd.Series(err / nf, index=pd.RangeIndex(1, rmax + 1, name="rank"), name="cv_mse")
 
+    def bootstrap_errors(self, h: int) -> np.ndarray:
+        """AR-sieve bootstrap forecast errors (B, h, M), ``truth* - forecast*`` (Alonso, Peña & Romo 2002, adapted).
+
+        In replicate b the bootstrap world's truth is ``fhat`` continued by the fitted recurrence plus an AR path
+        ``x*`` (the fitted AR driven by resampled centred innovations, rows drawn jointly across series) that runs
+        h steps past the sample; SAMoSSA is refitted on ``fhat + x*`` with the same L, rank and AR orders and
+        forecasts h steps. The error therefore carries the noise, the AR-parameter error and the error of the
+        de-noised signal (including the noise the rank-r projection of the last Page column lets through)."""
+        from scipy.signal import lfilter
+        self._check_fitted()
+        h = _check_h(h)
+        a, resid, L, r = self._y, self.fitted_, self.L_, self.rank_
+        N, M = a.shape
+        n = len(resid)
+        K = n // L
+        fhat = a[N - n:] - resid
+        f_fut = np.column_stack([lrr_extend_nb(np.ascontiguousarray(fhat[n - L + 1:, m]), self.beta_, h) for m in range(M)])
+        ar = list(self.ar_.values())
+        pmax = max(p for _, _, p in ar)
+        E = np.column_stack([resid[pmax:, m] - sum(phi[i] * resid[pmax - 1 - i:n - 1 - i, m] for i in range(p))
+                             if p else resid[pmax:, m] for m, (phi, _, p) in enumerate(ar)])
+        E = E - E.mean(axis=0)                                    # centred innovations (n - pmax, M)
+        rng, rng_f = np.random.default_rng(self.seed).spawn(2)   # future innovations in their own stream, drawn (h, B):
+        fut = rng_f.integers(0, len(E), size=(h, self.n_boot))  # a shorter horizon gives a prefix of a longer one
+        burn = 100
+        out = np.empty((self.n_boot, h, M))
+        for b in range(self.n_boot):
+            eps = E[np.r_[rng.integers(0, len(E), size=burn + n), fut[:, b]]]   # rows drawn jointly across series
+            xs = np.column_stack([lfilter([1.0], np.r_[1.0, -phi], eps[:, m])[burn:] for m, (phi, _, _) in enumerate(ar)])
+            ys = fhat + xs[:n]
+            U, s, Vt = np.linalg.svd(self._page(ys, L), full_matrices=False)
+            Ur = U[:, :r]
+            Zh = (Ur * s[:r]) @ Vt[:r]
+            beta = np.linalg.lstsq(Zh[:-1].T, Zh[-1], rcond=None)[0]
+            rs = ys - Zh.reshape(L, M, K).transpose(2, 0, 1).reshape(n, M)
+            ar_b = [_ar_ols(rs[:, m], p) for m, (_, _, p) in enumerate(ar)]
+            mean_b, _ = self._forecast_core(ys, h, Ur, beta, ar_b)
+            out[b] = f_fut + xs[n:] - mean_b
+        return out
+
     def _predict(self, a, h, level):
         mean, sd = self._forecast_core(a, h, self.U_, self.beta_, list(self.ar_.values()))
-        return {"mean": mean, "sd": sd}
+        if self.interval == "ar":
+            return {"mean": mean, "sd": sd}
+        if self._dev is None or self._dev.shape[1] < h:
+            self._dev = self.bootstrap_errors(h)
+        lo, hi = np.quantile(self._dev[:, :h], [0.5 - level / 2, 0.5 + level / 2], axis=0)
+        return {"mean": mean, "lower": mean + lo, "upper": mean + hi}
 
 # %% ../nbs/04_forecast.ipynb #79563cdd
 class SARIMAXForecaster(Forecaster):
@@ -700,7 +850,9 @@ def rolling_origin(
 
 # %% ../nbs/04_forecast.ipynb #8151970c
 def forecast_metrics(table: pd.DataFrame, by: Sequence[str] = ("model", "horizon")) -> pd.DataFrame:
-    "RMSE, MAE, sMAPE (%), MASE and directional accuracy (NaN when no forecast calls a direction) of a `rolling_origin` table, grouped by `by`; `n` counts scored rows."
+    """RMSE, MAE, sMAPE (%), MASE, directional accuracy (NaN when no forecast calls a direction), interval `coverage`
+    (share of actuals inside [lower, upper]) and mean `width` (NaN where a model has no interval) of a
+    `rolling_origin` table, grouped by `by`; `n` counts scored rows."""
     t = table[np.isfinite(table["forecast"])].copy()
     e = t["forecast"] - t["actual"]
     t["se"], t["ae"] = e ** 2, e.abs()
@@ -709,9 +861,16 @@ def forecast_metrics(table: pd.DataFrame, by: Sequence[str] = ("model", "horizon
     t["ase"] = t["ae"] / t["scale"]
     call = np.sign(t["forecast"] - t["last"])
     t["hit"] = np.where(call != 0, (call == np.sign(t["actual"] - t["last"])).astype(float), np.nan)
+    if {"lower", "upper"} <= set(t.columns):
+        has = np.isfinite(t["lower"]) & np.isfinite(t["upper"])
+        t["cover"] = np.where(has, ((t["lower"] <= t["actual"]) & (t["actual"] <= t["upper"])).astype(float), np.nan)
+        t["width"] = np.where(has, t["upper"] - t["lower"], np.nan)
+    else:
+        t["cover"] = t["width"] = np.nan
     g = t.groupby(list(by))
     out = pd.DataFrame({"RMSE": np.sqrt(g["se"].mean()), "MAE": g["ae"].mean(), "sMAPE": g["sape"].mean(),
-                        "MASE": g["ase"].mean(), "direction": g["hit"].mean(), "n": g.size()})
+                        "MASE": g["ase"].mean(), "direction": g["hit"].mean(), "coverage": g["cover"].mean(),
+                        "width": g["width"].mean(), "n": g.size()})
     miss = table.groupby(list(by))["forecast"].apply(lambda s: int(s.isna().sum()))
     return out.assign(n_failed=miss.reindex(out.index).fillna(0).astype(int))
 
@@ -789,10 +948,31 @@ def compare_forecasts(table: pd.DataFrame, *, horizon: int = 1, loss: str = "mse
     return ComparisonResult(pd.DataFrame(rows), P, mcs, Lm, int(horizon), float(alpha))
 
 # %% ../nbs/04_forecast.ipynb #c291a330
+def _conformal_bounds(fc, actual, target, origin, alpha: float, min_history: int):
+    "Split-conformal bounds at each origin from the errors realized by then (target <= origin); NaN where too few."
+    e = actual - fc
+    order = np.argsort(target, kind="stable")
+    k_all = np.searchsorted(target[order], origin, side="right")
+    lo, hi = np.full(len(fc), np.nan), np.full(len(fc), np.nan)
+    for i, k in enumerate(k_all):
+        past = e[order[:k]]
+        past = np.sort(past[np.isfinite(past)])
+        n = len(past)
+        kl, kh = math.floor((n + 1) * alpha / 2 + 1e-9), math.ceil((n + 1) * (1 - alpha / 2) - 1e-9)   # 1 - 0.9 is not 0.1 in floating point
+        if n >= min_history and kl >= 1 and kh <= n:
+            lo[i], hi[i] = fc[i] + past[kl - 1], fc[i] + past[kh - 1]
+    return lo, hi
+
+
 def ensemble_forecasts(table: pd.DataFrame, *, method: str = "inverse_mse", models: Sequence[str] | None = None,
-                       name: str | None = None, min_history: int = 20) -> pd.DataFrame:
-    "Rows of a combined model (same columns as `rolling_origin`, ``lower``/``upper`` NaN) to concat to `table`."
+                       name: str | None = None, min_history: int = 20, level: float = 0.9) -> pd.DataFrame:
+    """Rows of a combined model (same columns as `rolling_origin`) to concat to `table`.
+
+    ``lower``/``upper``: split-conformal interval at `level` from the ensemble's errors realized by each origin
+    (see the section text), NaN before `min_history` of them. Raises ValueError for an unknown `method`, a
+    `level` outside (0, 1), or `models` not in the table."""
     _check_choice(method, ("inverse_mse", "equal"), "method")
+    level = _check_level(level)
     t = table if models is None else table[table.model.isin(models)]
     names = sorted(t.model.unique())
     if len(names) < 1:
@@ -815,7 +995,9 @@ def ensemble_forecasts(table: pd.DataFrame, *, method: str = "inverse_mse", mode
             W = pd.DataFrame(w, index=F.index, columns=names)
         W = W.where(F.notna(), 0.0)
         fc = (F.fillna(0.0) * W).sum(axis=1) / W.sum(axis=1).replace(0.0, np.nan)
-        out.append(info.assign(symbol=sym, horizon=hz, forecast=fc, lower=np.nan, upper=np.nan, status="ok", refit=False).reset_index())
+        lo, hi = _conformal_bounds(fc.to_numpy(), info.actual.to_numpy(), info.target.to_numpy(), F.index.to_numpy(),
+                                   1 - level, min_history)
+        out.append(info.assign(symbol=sym, horizon=hz, forecast=fc, lower=lo, upper=hi, status="ok", refit=False).reset_index())
     res = pd.concat(out, ignore_index=True).assign(model=name or f"ensemble_{method}")
     return res[[c for c in table.columns if c in res.columns]]
 
