@@ -1033,6 +1033,22 @@ class ForecastingReport:
             lines.append(f"Non-converged fits: {fails.groupby('model').origin.nunique().to_dict()} origins.")
         return "\n".join(lines)
 
+    def scorecard(self, horizon: int = 1) -> pd.DataFrame:
+        """One row per (symbol, model) at `horizon`: RMSE, MAE, MASE, direction, interval coverage and width, and the
+        model's MCS p-value and membership (the MCS pools the symbols; ``ensemble_mcs``, built from the MCS survivors,
+        is not itself in the MCS and shows NaN there). Raises ValueError for a horizon not compared."""
+        if horizon not in self.comparisons:
+            raise ValueError(f"horizon: compared horizons are {sorted(self.comparisons)}, got {horizon!r}")
+        m = self.metrics.xs(horizon, level="horizon")[["RMSE", "MAE", "MASE", "direction", "coverage", "width", "n"]]
+        mcs = self.comparisons[horizon].mcs[["p_value", "included"]].rename(columns={"p_value": "MCS p", "included": "in MCS"})
+        return m.join(mcs, on="model")
+
+    def dm_matrix(self, horizon: int = 1) -> pd.DataFrame:
+        "Square matrix of pairwise Diebold-Mariano (HLN) p-values at `horizon` (NaN on the diagonal)."
+        if horizon not in self.comparisons:
+            raise ValueError(f"horizon: compared horizons are {sorted(self.comparisons)}, got {horizon!r}")
+        return self.comparisons[horizon].dm_pvalues
+
     def fig_forecasts(self, symbol: str | None = None, horizon: int = 1, models: Sequence[str] | None = None):
         "Forecast vs actual (log price, percent) at one horizon for one symbol."
         import plotly.graph_objects as go
@@ -1093,8 +1109,12 @@ def forecasting_section(
     reps: int = 500,  # MCS bootstrap replications
     alpha: float = 0.1,  # DM level and 1 - MCS confidence
     ssa_window: int = 1000,  # bars of the first symbol used for the SSA diagnostics
+    volatility: bool = True,  # also compare GARCH-family variance forecasts of the daily log returns
 ) -> ForecastingReport:
-    "Rolling-origin comparison of every forecaster on real closes, with metrics, DM, MCS, ensembles and SSA diagnostics."
+    """Rolling-origin comparison of every forecaster on real closes, with metrics, DM, MCS, ensembles and SSA diagnostics.
+
+    Raises `DataValidationError` when a series has fewer than ``window_size + h + 10`` closes (or NaN closes:
+    drop exchange holidays first, as the warehouse's quarantine does)."""
     t0 = time.perf_counter()
     lp = {str(k): (100 * np.log(check_series(v, name=f"closes[{k}]", min_obs=window_size + h + 10).iloc[:, 0])).rename(str(k))
           for k, v in closes.items()}
@@ -1111,18 +1131,22 @@ def forecasting_section(
     metrics = forecast_metrics(table, by=("symbol", "model", "horizon"))
     dm = pd.concat([c.dm.assign(horizon=hz) for hz, c in comps.items()], ignore_index=True)
     mcs = pd.concat([c.mcs.assign(horizon=hz) for hz, c in comps.items()]).rename_axis("model").reset_index()
-    rets = {k: v.diff().dropna() / 100 for k, v in lp.items()}
     vmodels = {"garch_n": GARCHForecaster("GARCH", "normal", seed=seed), "gjr_t": GARCHForecaster("GJR", "t", seed=seed),
-               "egarch_skewt": GARCHForecaster("EGARCH", "skewt", seed=seed)}
-    vkw = dict(kw, h=1, initial=window_size - 1, window_size=window_size - 1)
-    vol_table = rolling_origin(vmodels, rets, **vkw)
-    vol_metrics = volatility_metrics(vol_table, by=("symbol", "model", "horizon"))
-    vt = vol_table.assign(forecast=vol_table["variance"], actual=vol_table["actual"] ** 2)
-    vol_cmp = compare_forecasts(vt, horizon=1, alpha=alpha, reps=reps, seed=seed)
+               "egarch_skewt": GARCHForecaster("EGARCH", "skewt", seed=seed)} if volatility else {}
+    if volatility:
+        rets = {k: v.diff().dropna() / 100 for k, v in lp.items()}
+        vkw = dict(kw, h=1, initial=window_size - 1, window_size=window_size - 1)
+        vol_table = rolling_origin(vmodels, rets, **vkw)
+        vol_metrics = volatility_metrics(vol_table, by=("symbol", "model", "horizon"))
+        vt = vol_table.assign(forecast=vol_table["variance"], actual=vol_table["actual"] ** 2)
+        vol_cmp = compare_forecasts(vt, horizon=1, alpha=alpha, reps=reps, seed=seed)
+    else:
+        vol_table, vol_metrics, vol_cmp = pd.DataFrame(), pd.DataFrame(), None
     sym = next(iter(lp))
     ss = lp[sym].iloc[-ssa_window:]
     ssa = SSAForecaster(L=120, rank=10).fit(ss)
     params = dict(seed=seed, h=h, n_origins=n_origins, refit_every=refit_every, window_size=window_size, reps=reps, alpha=alpha,
+                  volatility=volatility,
                   models={k: repr(v) for k, v in {**models, **vmodels}.items()})
     return ForecastingReport(table, vol_table, metrics, vol_metrics, comps, dm, mcs, vol_cmp, ssa, sym, ss, params,
                              time.perf_counter() - t0)
