@@ -16,6 +16,9 @@ Mapping of the fill semantics
   at the open and the range also touches a stop, vectorbt exits at the stop price (which in real time
   comes after the open). ptrader exits at the open. That case has no equivalent, so the test drops
   such exit signals (`_drop_conflicting_exits`) before comparing; it checks they are rare.
+* vectorbt has no risk controls: ptrader runs with `RiskLimits.permissive()` (no binding limit; the
+  test asserts the risk layer recorded nothing). `tests/test_execution_risk.py` checks the limits
+  themselves against `PaperBroker`.
 """
 import numpy as np
 import pandas as pd
@@ -23,7 +26,9 @@ import pytest
 
 vbt = pytest.importorskip("vectorbt")
 
-from ptrader.execution import backtest_signals, ma_crossover_signals
+from ptrader.execution import RiskLimits, backtest_signals, ma_crossover_signals
+
+NO_LIMITS = RiskLimits.permissive()
 
 
 def _random_bars(n, seed, gap=0.0):
@@ -49,7 +54,7 @@ def _drop_conflicting_exits(bars, en, ex, kw, max_iter=50):
     sl, tp = kw.get("sl_stop"), kw.get("tp_stop")
     dropped = 0
     for _ in range(max_iter):
-        r = backtest_signals(bars, en, ex, stop_on_entry_bar=False, **kw)
+        r = backtest_signals(bars, en, ex, stop_on_entry_bar=False, risk=NO_LIMITS, **kw)
         t = r.trades[(r.trades.exit_reason == "signal") & (r.trades.exit_time > r.trades.entry_time)]
         lo = bars.low.loc[t.exit_time].to_numpy(); hi = bars.high.loc[t.exit_time].to_numpy()
         hit = np.zeros(len(t), bool)
@@ -74,7 +79,8 @@ def _vbt(bars, en, ex, kw):
 
 def _compare(bars, en, ex, kw):
     ex, dropped = _drop_conflicting_exits(bars, en, ex, kw)
-    ours = backtest_signals(bars, en, ex, stop_on_entry_bar=False, **kw)
+    ours = backtest_signals(bars, en, ex, stop_on_entry_bar=False, risk=NO_LIMITS, **kw)
+    assert len(ours.risk_events) == 0
     pf = _vbt(bars, en, ex, kw)
     ref_eq = pf.value().to_numpy()
     np.testing.assert_allclose(ours.equity.to_numpy(), ref_eq, rtol=1e-9, atol=0)

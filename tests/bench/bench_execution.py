@@ -11,6 +11,10 @@ Run:  python tests/bench/bench_execution.py [--bars 1000000] [--bt-bars 20000] [
    so its trades are comparable in workload, not identical. Its time is scaled per bar for the ratio.
 2. 100 configurations over 10,000 bars: ptrader `backtest_signals_grid` vs one vectorbt call with
    100 columns.
+
+ptrader's times include its risk layer (every order through the `RiskManager` rules, circuit breakers
+updated at every close); the limits are `RiskLimits.permissive()` so they never bind and both engines
+make the same trades.
 """
 import argparse
 import time
@@ -18,6 +22,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from ptrader.broker import RiskLimits, risk_calendar, risk_limits_array
 from ptrader.execution import backtest_signals, backtest_signals_grid, simulate_signals_nb
 
 
@@ -81,12 +86,17 @@ def main():
     rng = np.random.default_rng(1)
     en = pd.Series(rng.random(a.bars) < 0.01, index=b.index); ex = pd.Series(rng.random(a.bars) < 0.01, index=b.index)
     sl, tp, fees = 0.02, 0.04, 1e-4
-    kw = dict(fees_bps=1.0, sl_stop=sl, tp_stop=tp)
+    # the risk rules run on every order; permissive limits keep them from binding so that both engines
+    # make the same trades (with live limits a random walk soon sits in REDUCING and trades less)
+    kw = dict(fees_bps=1.0, sl_stop=sl, tp_stop=tp, risk=RiskLimits.permissive())
     backtest_signals(b.iloc[:1000], en.iloc[:1000], ex.iloc[:1000], **kw)  # warm
     t_api, r = best(lambda: backtest_signals(b, en, ex, **kw), a.repeat)
     arrs = [np.ascontiguousarray(b[c].to_numpy()) for c in ("open", "high", "low", "close")]
     e_, x_ = en.to_numpy(), ex.to_numpy()
-    t_nb, _ = best(lambda: simulate_signals_nb(*arrs, e_, x_, 1e5, fees, 0.0, sl, tp, 1.0, True), a.repeat)
+    ts_ns, day, week = risk_calendar(b.index); none = np.zeros(a.bars, dtype=bool)
+    lim = risk_limits_array(RiskLimits.permissive())
+    t_nb, _ = best(lambda: simulate_signals_nb(*arrs, e_, x_, 1e5, fees, 0.0, sl, tp, 1.0, True,
+                                               ts_ns, day, week, none, none, lim, False), a.repeat)
     print(f"[1] one symbol, {a.bars:,} bars, SL/TP + fees; trades={len(r.trades)}")
     print(f"    ptrader backtest_signals (result object): {t_api * 1e3:9.1f} ms")
     print(f"    ptrader simulate_signals_nb (kernel):     {t_nb * 1e3:9.1f} ms")
@@ -94,6 +104,7 @@ def main():
         vbt_run(vbt, b.iloc[:1000], en.iloc[:1000], ex.iloc[:1000], sl, tp, fees).value()  # warm
         t_v, pf = best(lambda: vbt_run(vbt, b, en, ex, sl, tp, fees), a.repeat)
         print(f"    vectorbt from_signals (simulation only):  {t_v * 1e3:9.1f} ms   ratio vectorbt/ptrader = {t_v / t_api:.2f}x (API), {t_v / t_nb:.2f}x (kernel)")
+        print(f"    trades: ptrader {len(r.trades)}, vectorbt {len(pf.trades.records)}")
         t_v2, _ = best(lambda: vbt_run(vbt, b, en, ex, sl, tp, fees).value(), 1)
         print(f"    vectorbt from_signals + value():          {t_v2 * 1e3:9.1f} ms")
     else:
@@ -112,8 +123,9 @@ def main():
     g = bars_(T, seed=2)
     E = pd.DataFrame(rng.random((T, K)) < 0.02, index=g.index); X = pd.DataFrame(rng.random((T, K)) < 0.02, index=g.index)
     sls = np.linspace(0.01, 0.05, K); tps = np.linspace(0.02, 0.10, K)
-    backtest_signals_grid(g.iloc[:100], E.iloc[:100], X.iloc[:100], fees_bps=1.0, sl_stop=sls, tp_stop=tps)  # warm
-    t_g, gr = best(lambda: backtest_signals_grid(g, E, X, fees_bps=1.0, sl_stop=sls, tp_stop=tps), a.repeat)
+    free = RiskLimits.permissive()
+    backtest_signals_grid(g.iloc[:100], E.iloc[:100], X.iloc[:100], fees_bps=1.0, sl_stop=sls, tp_stop=tps, risk=free)  # warm
+    t_g, gr = best(lambda: backtest_signals_grid(g, E, X, fees_bps=1.0, sl_stop=sls, tp_stop=tps, risk=free), a.repeat)
     print(f"[2] grid: {K} configurations x {T:,} bars")
     print(f"    ptrader backtest_signals_grid:            {t_g * 1e3:9.1f} ms")
     if vbt is not None:
