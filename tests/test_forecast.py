@@ -1,6 +1,7 @@
 """Prediction intervals of `ptrader.forecast` against known truth: Monte Carlo coverage on simulated
 series (a sinusoid plus AR(1) noise), closed-form AR forecast variances against statsmodels, and the
-conformal ensemble intervals on a stationary process. SARIMAX order selection against statsmodels.
+conformal ensemble intervals on a stationary process, the out-of-sample calibrated intervals of every model
+(no look-ahead; coverage on a misspecified case). SARIMAX: d by unit-root tests, then the order against statsmodels.
 
 Tolerances. With R independent Monte Carlo replications the coverage estimate at one horizon has standard
 error se = sqrt(p (1 - p) / R) (p the nominal level); averaging over horizons does not increase it. Each
@@ -16,8 +17,10 @@ import pytest
 from statsmodels.tsa.arima_process import ArmaProcess
 from statsmodels.tsa.ar_model import AutoReg
 
-from ptrader.forecast import (NaiveForecaster, SAMoSSAForecaster, SSAForecaster, _ar_psi, ensemble_forecasts,
-                              forecast_metrics, rolling_origin)
+from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+from ptrader.forecast import (NaiveForecaster, SAMoSSAForecaster, SARIMAXForecaster, SSAForecaster, _ar_psi,
+                              calibrate_intervals, ensemble_forecasts, forecast_metrics, ndiffs, rolling_origin)
 
 
 def sine_ar1(T, h, *, seed, phi=0.5, sigma=0.3, period=20):
@@ -138,7 +141,10 @@ def test_ensemble_conformal_interval_coverage():
 
 @pytest.mark.slow
 def test_ssa_bootstrap_interval_coverage_large():
-    # R=1000: se = 0.0095 at 90%, 0.0069 at 95%; block and i.i.d. resampling both within 3 se + 0.03
+    # R=1000: se = 0.0095 at 90%, 0.0069 at 95%. Measured with these seeds (python /tmp/slow_cov.py ssa 1000, see the
+    # issue note): block 0.865 / 0.924, i.i.d. 0.860 / 0.918 at 90% / 95%, a shortfall of 0.026-0.040 that is the
+    # method's own (in-sample residuals are shrunk by the rank-2 fit, so the resampled noise is too small; Rssa's
+    # interval has the same bias). Allowed: 3 se + 0.03, i.e. coverage >= 0.842 / 0.899. About 2 x 55 s on 2 cores.
     R = 1000
     for boot in ("block", "iid"):
         cov = mc_coverage(lambda r: SSAForecaster(L=60, rank=2, bootstrap=boot, seed=r), R, 300, 5, seed0=50_000)
@@ -155,3 +161,111 @@ def test_samossa_sieve_coverage_improves_with_T():
     for lv in (0.9, 0.95):
         assert large[lv] >= lv - 0.05 - 3 * se(lv, R), (lv, large[lv])
         assert large[lv] >= small[lv] - 2 * se(lv, R), (lv, small[lv], large[lv])
+
+
+# --- SARIMAX: d by unit-root tests, then (p, q) by AIC -------------------------------------------------------
+
+def ar1(n, phi, rng, burn=200):
+    e = rng.standard_normal(n + burn)
+    x = np.zeros(n + burn)
+    for i in range(1, n + burn):
+        x[i] = phi * x[i - 1] + e[i]
+    return x[burn:]
+
+
+def integrated(d, n, seed):
+    "d = 0: stationary AR(1) (phi 0.5); 1: random walk; 2: integrated random walk; n points, seeded."
+    x = ar1(n, 0.5, np.random.default_rng(seed)) if d == 0 else np.random.default_rng(seed).standard_normal(n)
+    for _ in range(d):
+        x = np.cumsum(x)
+    return x
+
+
+@pytest.mark.parametrize("d", [0, 1, 2])
+def test_ndiffs_picks_the_order_of_integration(d):
+    # KPSS (5%) with the ADF veto at 1%: a stationary AR(1) is differenced only if KPSS falsely rejects (5%) AND
+    # ADF fails to reject a unit root (p ~ 1e-20 here), a random walk is under-differenced only on an ADF 1% error.
+    # 10 seeded series of 1000 points each; all must come out right (40 of 40 did with seeds 100..139).
+    for seed in range(100, 110):
+        got, steps = ndiffs(integrated(d, 1000, seed))
+        assert got == d, (seed, steps)
+        assert list(steps.difference) == [True] * d + [False]
+        assert steps.kpss_pvalue.iloc[-1] >= 0.05 or (steps.adf_pvalue.iloc[-1] < 0.01) or d == 2
+
+
+@pytest.mark.parametrize("d", [0, 1, 2])
+def test_sarimax_chooses_d_by_tests_then_matches_statsmodels(d):
+    y = pd.Series(integrated(d, 800, 7), pd.bdate_range("2005-01-03", periods=800))
+    m = SARIMAXForecaster(max_p=1, max_q=1).fit(y)
+    dg = m.diagnostics_
+    assert dg["d"] == d and m.order_[1] == d and dg["d_test"] == "kpss+adf"
+    assert {o[1] for o in m.grid_.order} == {d}          # the AIC search never compares across d
+    np.testing.assert_allclose([dg["kpss_stat"], dg["kpss_pvalue"], dg["adf_pvalue"]],
+                               dg["unit_root"].iloc[0][["kpss_stat", "kpss_pvalue", "adf_pvalue"]].to_numpy(float))
+    # the chosen (p, q) is the AIC minimum of the grid at that d, and its fit is statsmodels' own
+    assert m.order_ == tuple(m.grid_.loc[m.grid_.aic.idxmin(), "order"])
+    direct = SARIMAX(y.to_numpy(), order=m.order_, trend="c" if d == 0 else None).fit(disp=False)
+    np.testing.assert_allclose(m.params_.to_numpy(), direct.params, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(m.forecast(5, level=0.9)["upper"].to_numpy(), direct.get_forecast(5).conf_int(alpha=0.1)[:, 1],
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_sarimax_fixed_d_and_errors():
+    y = pd.Series(integrated(1, 300, 3), pd.bdate_range("2005-01-03", periods=300))
+    m = SARIMAXForecaster(max_p=1, max_q=0, d=2).fit(y)
+    assert m.order_[1] == 2 and m.diagnostics_["d_test"] == "fixed" and np.isnan(m.diagnostics_["kpss_pvalue"])
+    with pytest.raises(ValueError, match="d:"):
+        SARIMAXForecaster(d="kpss")
+    with pytest.raises(ValueError, match="max_d"):
+        ndiffs(y.to_numpy(), max_d=-1)
+
+
+# --- out-of-sample calibrated intervals ---------------------------------------------------------------------
+
+def test_calibrated_intervals_see_no_future():
+    rng = np.random.default_rng(5)
+    y = pd.Series(100 + np.cumsum(rng.standard_normal(400)), pd.bdate_range("2003-01-01", periods=400), name="X")
+    models = {"naive": NaiveForecaster(), "ssa": SSAForecaster(L=30, rank=2, n_boot=40)}
+    kw = dict(h=3, initial=200, refit_every=25, calibrate=True, min_history=25)
+    a = rolling_origin(models, y, **kw)
+    cut = 320
+    y2 = y.copy()
+    y2.iloc[cut + 1:] = -50 + rng.standard_normal(len(y) - cut - 1)
+    b = rolling_origin(models, y2, **kw)
+    k = (a.origin <= y.index[cut]).to_numpy()
+    cols = ["lower_cal", "upper_cal"]
+    np.testing.assert_array_equal(a.loc[k, cols].to_numpy(), b.loc[k, cols].to_numpy())
+    assert np.isfinite(a.loc[k, "lower_cal"]).sum() > 100          # the check covers real intervals, not NaNs
+    assert not np.allclose(a.loc[~k, "upper_cal"].dropna(), b.loc[~k, "upper_cal"].dropna())
+    # NaN exactly until min_history errors are realized: at horizon h the first interval is at origin index 25 + h - 1
+    # (at level 0.9 the order statistics also need n >= 19, which min_history=25 exceeds)
+    for hz in (1, 3):
+        g = a[(a.model == "naive") & (a.horizon == hz)].sort_values("origin")
+        first = int(np.flatnonzero(np.isfinite(g.lower_cal.to_numpy()))[0])
+        assert first == 25 + hz - 1
+    # calibrate_intervals on the plain table is the same computation
+    plain = rolling_origin(models, y, **{**kw, "calibrate": False})
+    np.testing.assert_array_equal(calibrate_intervals(plain, min_history=25)[cols].to_numpy(), a[cols].to_numpy())
+    with pytest.raises(ValueError, match="min_history"):
+        calibrate_intervals(plain, min_history=0)
+
+
+def test_calibration_repairs_a_misspecified_interval():
+    # Momentum returns (AR(1), phi 0.5) in the differences, forecast 5 days ahead by the naive model, whose
+    # interval sigma sqrt(h) assumes independent increments: the true 5-day error variance is 11.1/5 = 2.2 times
+    # larger (gamma0 (5 + 2 sum_k (5-k) phi^k)), so the raw 90% interval covers ~0.73. The conformal interval
+    # built on the model's own realized 5-day errors must cover 0.90 within Monte Carlo error.
+    # R = 10 independent paths x 300 origins (overlapping 5-day errors are dependent within a path, so the
+    # standard error is taken across paths: sd / sqrt(R)); 3 se allowed, and the raw coverage must be > 3 se off.
+    R, n_or, init = 10, 300, 100
+    rng = np.random.default_rng(21)
+    N = init + n_or + 5
+    paths = {f"p{r}": pd.Series(np.cumsum(ar1(N, 0.5, rng)), pd.bdate_range("2001-01-01", periods=N)) for r in range(R)}
+    tab = rolling_origin({"naive": NaiveForecaster()}, paths, h=5, initial=init, window="sliding",
+                         calibrate=True, min_history=50)
+    m = forecast_metrics(tab, by=("symbol", "horizon")).xs(5, level="horizon")
+    assert (m.n_cal == n_or + 1 - 50 - 4).all()
+    raw, cal = m["coverage"], m["coverage_cal"]
+    se_raw, se_cal = raw.std() / math.sqrt(R), cal.std() / math.sqrt(R)
+    assert abs(cal.mean() - 0.9) <= 3 * se_cal, (cal.mean(), se_cal)
+    assert 0.9 - raw.mean() > 3 * se_raw, (raw.mean(), se_raw)
