@@ -29,5 +29,15 @@ class ReportError(PtraderError):
 class ConvergenceFailure(PtraderError, RuntimeError):
     "An estimator did not converge; the message names the model and the settings that failed."
 
+class WarehouseError(PtraderError):
+    "The warehouse (or audit) database cannot be used: not a DuckDB file, a directory, corrupt, or unwritable; the message names the path."
+
+class WarehouseBusyError(WarehouseError):
+    "Another process holds the warehouse's write lock and did not release it within the lock timeout."
+
+class LLMError(PtraderError):
+    "A language-model server could not be reached or answered with something unusable; the message names the server, model and cause."
+
 # %% auto #0
-__all__ = ['PtraderError', 'DataValidationError', 'LookAheadError', 'RiskLimitError', 'ReportError', 'ConvergenceFailure']
+__all__ = ['PtraderError', 'DataValidationError', 'LookAheadError', 'RiskLimitError', 'ReportError', 'ConvergenceFailure',
+           'WarehouseError', 'WarehouseBusyError', 'LLMError']
