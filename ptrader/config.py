@@ -71,5 +71,6 @@ class Defaults:
     periods_per_year: int = 252  # trading days per year for annualization
     seed: int = 42
     extreme_return: float = 0.15  # |close-to-close return| above this is flagged (kept) by validation
+    lock_timeout: float = 30.0  # seconds a warehouse writer waits for another process's write (`--lock-timeout`)
 
 DEFAULTS = Defaults()

@@ -5,12 +5,27 @@
 # %% ../nbs/01_data.ipynb #7b8dd914
 from __future__ import annotations
 
+import bz2
+import codecs
+import contextlib
+import csv
+import fcntl
+import gzip
 import hashlib
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field, asdict
-from datetime import datetime, timezone
+import lzma
+import math
+import os
+import re
+import shutil
+import stat
+import time
+import zipfile
+from dataclasses import dataclass, field, asdict, replace
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -18,14 +33,15 @@ import numpy as np
 import pandas as pd
 
 from .config import DEFAULTS, warehouse_path
-from .errors import DataValidationError
+from .errors import DataValidationError, WarehouseBusyError, WarehouseError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REQUIRED_COLUMNS', 'NUMERIC_COLUMNS', 'PRICE_COLUMNS', 'ROW_RULES', 'BUNDLED', 'canonical_column',
-           'normalize_columns', 'QualityReport', 'ValidationResult', 'business_day_gaps', 'validate_bars',
-           'file_sha256', 'load_bundled', 'read_bars_file', 'IngestResult', 'Warehouse']
+__all__ = ['log', 'REQUIRED_COLUMNS', 'NUMERIC_COLUMNS', 'PRICE_COLUMNS', 'SYMBOL_RULE', 'ROW_RULES', 'FILE_RULES', 'DATE_MIN',
+           'DATE_MAX', 'BUNDLED', 'canonical_column', 'normalize_columns', 'check_symbol', 'QualityReport',
+           'ValidationResult', 'business_day_gaps', 'validate_bars', 'file_sha256', 'load_bundled', 'read_bars_file',
+           'IngestResult', 'Warehouse']
 
 # %% ../nbs/01_data.ipynb #76d2eaf1
 REQUIRED_COLUMNS = ("ts", "open", "high", "low", "close")
@@ -66,9 +82,29 @@ def normalize_columns(df: pd.DataFrame, # raw input, one column per field
                                   source=source, rule="missing_column")
     return df[list(mapping)].rename(columns=mapping)
 
+# %% ../nbs/01_data.ipynb #af239df0
+SYMBOL_RULE = ("1 to 64 characters from A-Z, 0-9 and . _ ^ = -, starting with a letter, a digit or ^, "
+               "with no '..' (case-insensitive, stored upper-case)")
+_SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9._^=-]{0,63}")
+
+def check_symbol(symbol, # a symbol as the user typed it
+                ) -> str: # its canonical, upper-case form
+    """The canonical form of `symbol` under `SYMBOL_RULE`.
+
+    Raises `DataValidationError` (rule `symbol`, a `ValueError`) stating the rule, with the offending
+    value escaped (`repr`), so a control character is never echoed raw."""
+    if isinstance(symbol, str) and symbol.isascii():
+        s = symbol.upper()
+        if _SYMBOL_RE.fullmatch(s) and ".." not in s: return s
+    raise DataValidationError(f"invalid symbol {symbol!r}: a symbol is {SYMBOL_RULE}", rule="symbol")
+
 # %% ../nbs/01_data.ipynb #87fa8622
-ROW_RULES = ("unparseable_date", "unparseable_number", "nan", "non_positive_price", "negative_volume",
-             "high_below_open_close", "low_above_open_close", "duplicate_conflict")
+ROW_RULES = ("unparseable_date", "date_out_of_range", "unparseable_number", "comma_in_number", "nan",
+             "non_positive_price", "negative_volume", "high_below_open_close", "low_above_open_close", "duplicate_conflict")
+FILE_RULES = ("file", "encoding", "empty", "missing_column", "duplicate_column", "integer_date",
+              "non_numeric_column", "non_date_column")
+DATE_MIN = pd.Timestamp("1678-01-01")  # first timestamp accepted (inclusive)
+DATE_MAX = pd.Timestamp("2261-12-31 23:59:59.999999")  # last timestamp accepted (inclusive)
 
 @dataclass(frozen=True)
 class QualityReport:
@@ -88,6 +124,7 @@ class QualityReport:
     gaps: list = field(default_factory=list)  # [(first missing day, last missing day, business days)]
     extreme_returns: list = field(default_factory=list)  # [(ts, return)] with |return| above the threshold
     extreme_return_threshold: float = DEFAULTS.extreme_return
+    options: dict = field(default_factory=dict)  # how the input was read: decimal, thousands, date_format (+ sep, encoding for files)
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -111,38 +148,129 @@ class ValidationResult:
 
 # %% ../nbs/01_data.ipynb #2c8a32c6
 _MISSING_TEXT = {"", "nan", "na", "n/a", "null", "none", "."}
+_NONFINITE_TEXT = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+_COMMA_NUMBER = re.compile(r"[+-]?[\d.,]*\d[\d.,]*(?:[eE][+-]?\d+)?")
 
-def _is_missing(raw: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_datetime64_any_dtype(raw.dtype):
-        return raw.isna().to_numpy()
-    txt = raw.astype("object")
-    return np.array([v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and v.strip().lower() in _MISSING_TEXT)
-                     or v is pd.NA or v is pd.NaT for v in txt], dtype=bool)
+def _check_separators(decimal: str, thousands: str | None):
+    if decimal not in (".", ","): raise ValueError(f"decimal must be '.' or ',', got {decimal!r}")
+    if thousands is not None and (thousands not in (",", ".", " ", "'", "_") or thousands == decimal):
+        raise ValueError(f"thousands must be one of , . ' _ or a space, and differ from decimal {decimal!r}; got {thousands!r}")
 
-def _parse_numeric(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Float values, a mask of unparseable text, and a mask of missing/NaN/inf values."
-    missing = _is_missing(raw)
-    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-        vals = raw.to_numpy(dtype=float, na_value=np.nan); bad = np.zeros(len(raw), bool)
+def _number_pattern(decimal: str, thousands: str | None) -> re.Pattern:
+    "The accepted number text: optional sign, digits (grouped by three with `thousands`), optional fraction and exponent."
+    d = re.escape(decimal)
+    whole = r"\d+" if thousands is None else rf"\d{{1,3}}(?:{re.escape(thousands)}\d{{3}})+|\d+"
+    return re.compile(rf"[+-]?(?:(?:{whole})(?:{d}\d*)?|{d}\d+)(?:[eE][+-]?\d+)?")
+
+def _is_missing_value(v) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)) \
+        or (isinstance(v, str) and v.strip().lower() in _MISSING_TEXT)
+
+def _parse_numeric(raw: pd.Series, # one numeric field as read
+                   decimal: str = ".", # the decimal mark of text numbers
+                   thousands: str | None = None, # the thousands separator of text numbers, if any
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    "Float values and masks: not a number, an unexplained comma, and missing/NaN/infinite."
+    n = len(raw); dt = raw.dtype
+    if pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt) and not pd.api.types.is_complex_dtype(dt):
+        vals = raw.to_numpy(dtype=float, na_value=np.nan)
+        return vals, np.zeros(n, bool), np.zeros(n, bool), ~np.isfinite(vals)
+    obj = raw.astype(object).to_numpy()
+    vals = np.full(n, np.nan); bad = np.zeros(n, bool); comma = np.zeros(n, bool); missing = np.zeros(n, bool)
+    is_str = np.fromiter((isinstance(v, str) for v in obj), bool, n)
+    for i in np.flatnonzero(~is_str):
+        v = obj[i]
+        if _is_missing_value(v): missing[i] = True
+        elif isinstance(v, (bool, np.bool_)): bad[i] = True  # True is not a price
+        elif isinstance(v, (int, float, np.integer, np.floating, Decimal)): vals[i] = float(v)
+        else: bad[i] = True
+    if is_str.any():
+        idx = np.flatnonzero(is_str)
+        txt = pd.Series(obj[idx], dtype=object).str.strip()
+        low = txt.str.lower()
+        miss = low.isin(_MISSING_TEXT).to_numpy(); inf = low.isin(_NONFINITE_TEXT).to_numpy()
+        ok = txt.str.fullmatch(_number_pattern(decimal, thousands)).to_numpy(dtype=bool)
+        norm = txt[ok]
+        if thousands is not None: norm = norm.str.replace(thousands, "", regex=False)
+        if decimal != ".": norm = norm.str.replace(decimal, ".", regex=False)
+        v = np.full(len(idx), np.nan)
+        if ok.any(): v[ok] = pd.to_numeric(norm).to_numpy(dtype=float)
+        v[inf] = np.inf
+        vals[idx] = v; missing[idx] = miss
+        nonnum = ~ok & ~miss & ~inf
+        unexplained = "," not in (decimal, thousands)
+        amb = nonnum & unexplained & txt.str.fullmatch(_COMMA_NUMBER).to_numpy(dtype=bool) & txt.str.contains(",", regex=False).to_numpy(dtype=bool)
+        comma[idx] = amb; bad[idx] = nonnum & ~amb
+    with np.errstate(invalid="ignore"):
+        nonfinite = ~np.isfinite(vals) & ~bad & ~comma
+    return vals, bad, comma, nonfinite | missing
+
+# %% ../nbs/01_data.ipynb #66fef9f1
+_DIGITS = re.compile(r"[+-]?\d+")
+
+def _as_date_text(v) -> str | None:
+    "A date cell as text for the parser, or None if it is missing."
+    if _is_missing_value(v): return None
+    if isinstance(v, str): return v.strip()
+    if isinstance(v, (datetime, date)): return v.isoformat()  # date32 Parquet columns arrive as datetime.date
+    if isinstance(v, (bool, np.bool_)): return "<boolean>"
+    if isinstance(v, (int, np.integer)): return str(int(v))
+    if isinstance(v, (float, np.floating)) and float(v).is_integer(): return str(int(v))
+    return f"<{type(v).__name__}>"
+
+def _fallback_out_of_range(text: str, date_format: str | None) -> bool:
+    "True if `text` is a real calendar date (year 1-9999) outside DATE_MIN..DATE_MAX."
+    try: d = datetime.strptime(text, date_format) if date_format else datetime.fromisoformat(text)
+    except (ValueError, TypeError, OverflowError): return False
+    if d.tzinfo is not None:
+        try: d = d.astimezone(timezone.utc).replace(tzinfo=None)
+        except OverflowError: return True
+    return not (DATE_MIN.to_pydatetime() <= d <= DATE_MAX.to_pydatetime())
+
+def _in_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Out-of-range mask and values as datetime64[ns] (NaT where out of range), compared in the values' own unit."
+    unit = np.datetime_data(values.dtype)[0]
+    lo = np.datetime64(DATE_MIN.to_pydatetime()).astype(f"datetime64[{unit}]")
+    hi = np.datetime64(DATE_MAX.to_pydatetime()).astype(f"datetime64[{unit}]")
+    nat = np.isnat(values)
+    out = ~nat & ((values < lo) | (values > hi))
+    ok = values.copy(); ok[out] = np.datetime64("NaT")
+    return out, ok.astype("datetime64[ns]")
+
+def _parse_ts(raw: pd.Series, # the date column as read
+              date_format: str | None = None, # strptime format of text or integer dates, e.g. '%Y%m%d'
+              source: str = "<frame>", # used in messages
+             ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """datetime64[ns] values (NaT where the row breaks a date rule), the `date_out_of_range` mask, and
+    whether the input carried a time zone. Raises `DataValidationError` (rule `integer_date`) for a
+    column of plain integers without `date_format`, (rule `non_date_column`) for booleans or durations."""
+    dt = raw.dtype
+    if pd.api.types.is_bool_dtype(dt) or pd.api.types.is_timedelta64_dtype(dt) or pd.api.types.is_complex_dtype(dt):
+        raise DataValidationError(f"the date column holds {dt} values, not dates", source=source, rule="non_date_column")
+    if pd.api.types.is_datetime64_any_dtype(dt):
+        aware = getattr(raw.dt, "tz", None) is not None
+        ts = raw.dt.tz_convert(None) if aware else raw
+        out, vals = _in_range(ts.to_numpy())
+        return vals, out, aware
+    text = [_as_date_text(v) for v in raw.astype(object).to_numpy()]
+    present = [t for t in text if t is not None]
+    digits = np.fromiter((t is not None and _DIGITS.fullmatch(t) is not None for t in text), bool, len(text))
+    if date_format is None and present and digits.sum() == len(present):
+        raise DataValidationError(f"the date column holds plain integers (e.g. {present[0]!r}), which have no single meaning; "
+                                  "give their format, e.g. date_format='%Y%m%d' (--date-format %Y%m%d)", source=source, rule="integer_date")
+    s = pd.Series(text, dtype=object)
+    if date_format is None: s = s.where(~digits, None)  # a digits-only cell among real dates: unparseable
+    if date_format is not None:
+        parsed = pd.to_datetime(s, format=date_format, errors="coerce", utc=True)
+        aware = "%z" in date_format or "%Z" in date_format
     else:
-        txt = raw.astype("object").map(lambda v: v.strip().replace(",", "") if isinstance(v, str) else v)
-        vals = pd.to_numeric(txt, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        bad = np.isnan(vals) & ~missing
-    nonfinite = (~np.isfinite(vals)) & ~bad
-    return vals, bad, nonfinite | missing
-
-def _parse_ts(raw: pd.Series) -> tuple[np.ndarray, bool]:
-    "datetime64 values (NaT where unparseable) and whether the input carried a time zone."
-    if pd.api.types.is_datetime64_any_dtype(raw.dtype): ts = raw
-    else:
-        txt = raw.astype("object").map(lambda v: v.strip() if isinstance(v, str) else v)
-        try: ts = pd.to_datetime(txt, errors="coerce", utc=True)
-        except (ValueError, TypeError): ts = pd.to_datetime(txt, errors="coerce", utc=True, format="mixed")
-        aware = any(isinstance(v, str) and (v.endswith("Z") or "+" in v[10:] or v[10:].count("-") > 0) for v in txt.dropna().head(20))
-        return ts.dt.tz_convert(None).to_numpy(dtype="datetime64[ns]"), aware
-    aware = getattr(ts.dt, "tz", None) is not None
-    if aware: ts = ts.dt.tz_convert(None)
-    return ts.to_numpy(dtype="datetime64[ns]"), aware
+        try: parsed = pd.to_datetime(s, errors="coerce", utc=True)
+        except (ValueError, TypeError): parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+        aware = any(t.endswith("Z") or "+" in t[10:] or t[10:].count("-") > 0 for t in present[:20])
+    out, vals = _in_range(parsed.dt.tz_convert(None).to_numpy())
+    for i in np.flatnonzero(np.isnat(vals) & ~out):  # pandas could not represent it: a real date out of range?
+        if text[i] is not None and not (digits[i] and date_format is None) and _fallback_out_of_range(text[i], date_format): out[i] = True
+    return vals, out, aware
 
 # %% ../nbs/01_data.ipynb #02f27bce
 def business_day_gaps(ts: pd.DatetimeIndex, # sorted daily timestamps
@@ -159,29 +287,50 @@ def business_day_gaps(ts: pd.DatetimeIndex, # sorted daily timestamps
     return [(str(missing[s].date()), str(missing[e].date()), int(e - s + 1)) for s, e in zip(starts, ends)]
 
 # %% ../nbs/01_data.ipynb #3fee1e42
+def _check_column_types(df: pd.DataFrame, source: str):
+    "Refuse a numeric field whose values cannot be numbers at all (`non_numeric_column`)."
+    for col in NUMERIC_COLUMNS:
+        if col not in df: continue
+        s = df[col]; dt = s.dtype
+        if pd.api.types.is_bool_dtype(dt) or pd.api.types.is_datetime64_any_dtype(dt) or pd.api.types.is_timedelta64_dtype(dt) \
+                or pd.api.types.is_complex_dtype(dt) or isinstance(dt, (pd.PeriodDtype, pd.IntervalDtype)):
+            raise DataValidationError(f"column {col!r} holds {dt} values, not numbers", source=source, rule="non_numeric_column")
+        if dt == object or isinstance(dt, pd.CategoricalDtype):
+            kinds = {type(v).__name__ for v in s.astype(object).to_numpy()[:1000] if not _is_missing_value(v)}
+            if kinds and not kinds & {"str", "int", "float", "Decimal"} and not any(k.startswith(("int", "float", "uint")) for k in kinds):
+                raise DataValidationError(f"column {col!r} holds {', '.join(sorted(kinds))} values, not numbers", source=source, rule="non_numeric_column")
+
 def validate_bars(raw: pd.DataFrame, # raw rows as read from the source, any column names
                   *,
                   source: str, # file name or bundled-source id, used in messages
                   symbol: str, # symbol the bars belong to
                   extreme_return: float = DEFAULTS.extreme_return, # flag |close-to-close return| above this (fraction)
+                  decimal: str = ".", # decimal mark of numbers given as text: '.' or ','
+                  thousands: str | None = None, # thousands separator of numbers given as text (',', '.', ' ', "'", '_'), or None
+                  date_format: str | None = None, # strptime format of the dates (needed for integer dates such as 20210201)
                  ) -> ValidationResult:
     """Validate raw OHLCV rows against the rules above.
 
     Returns the accepted bars in the canonical schema (sorted, unique `ts`), the quarantined rows with
     the rule each broke (row numbers are 1-based data rows: line `row + 1` of a CSV with a header),
-    and a `QualityReport`. Raises `DataValidationError` only for whole-input problems: a missing
-    required column, two columns mapping to one field, or an empty input."""
+    and a `QualityReport`. Raises `DataValidationError` only for whole-input problems (`FILE_RULES`):
+    an empty input, a missing or duplicated column, an integer date column without `date_format`,
+    a column whose type cannot hold numbers or dates; `ValueError` for bad `decimal`/`thousands`."""
+    _check_separators(decimal, thousands)
+    symbol = check_symbol(symbol)
     if len(raw) == 0: raise DataValidationError("no rows", source=source, rule="empty")
     df = normalize_columns(raw, source)
+    _check_column_types(df, source)
     n = len(df)
     row = np.arange(1, n + 1)
-    ts, aware = _parse_ts(df["ts"])
+    ts, out_of_range, aware = _parse_ts(df["ts"], date_format, source)
     if aware: log.info("%s: time-zone-aware timestamps converted to UTC and stored tz-naive", source)
-    violations: dict[str, np.ndarray] = {"unparseable_date": np.isnat(ts)}
-    vals, bad_txt, nan_mask = {}, {}, {}
+    violations: dict[str, np.ndarray] = {"unparseable_date": np.isnat(ts) & ~out_of_range, "date_out_of_range": out_of_range}
+    vals, bad_txt, comma, nan_mask = {}, {}, {}, {}
     for col in NUMERIC_COLUMNS:
-        if col in df: vals[col], bad_txt[col], nan_mask[col] = _parse_numeric(df[col])
+        if col in df: vals[col], bad_txt[col], comma[col], nan_mask[col] = _parse_numeric(df[col], decimal, thousands)
     violations["unparseable_number"] = np.logical_or.reduce([bad_txt[c] for c in vals])
+    violations["comma_in_number"] = np.logical_or.reduce([comma[c] for c in vals])
     violations["nan"] = np.logical_or.reduce([nan_mask[c] for c in vals])
     with np.errstate(invalid="ignore"):
         violations["non_positive_price"] = np.logical_or.reduce([vals[c] <= 0 for c in PRICE_COLUMNS if c in vals])
@@ -194,9 +343,16 @@ def validate_bars(raw: pd.DataFrame, # raw rows as read from the source, any col
         parts = []
         for rule, m in violations.items():
             if not m[i]: continue
-            if rule == "unparseable_date": parts.append(f"unparseable_date: ts={df['ts'].iloc[i]!r}")
+            if rule == "unparseable_date":
+                t = df["ts"].iloc[i]; hint = ""
+                if isinstance(t, str) and _DIGITS.fullmatch(t.strip()) and date_format is None: hint = " (digits only: give date_format / --date-format, e.g. %Y%m%d)"
+                elif date_format is not None: hint = f" (does not match date_format {date_format!r})"
+                parts.append(f"unparseable_date: ts={t!r}{hint}")
+            elif rule == "date_out_of_range": parts.append(f"date_out_of_range: ts={df['ts'].iloc[i]!r} is outside {DATE_MIN.date()}..{DATE_MAX.date()}")
             elif rule == "unparseable_number": parts.append("unparseable_number: " + ", ".join(f"{k}={df[k].iloc[i]!r}" for k in vals if bad_txt[k][i]))
-            elif rule == "nan": parts.append("nan: " + ", ".join(f"{k} is {'missing' if _is_missing(df[k].iloc[[i]])[0] else vals[k][i]}" for k in vals if nan_mask[k][i]))
+            elif rule == "comma_in_number": parts.append("comma_in_number: " + ", ".join(f"{k}={df[k].iloc[i]!r}" for k in vals if comma[k][i])
+                                                         + " (a comma in a number is ambiguous: say what it means with decimal=',' / --decimal , or thousands=',' / --thousands ,)")
+            elif rule == "nan": parts.append("nan: " + ", ".join(f"{k} is {'missing' if _is_missing_value(df[k].iloc[i]) else vals[k][i]}" for k in vals if nan_mask[k][i]))
             elif rule == "non_positive_price": parts.append("non_positive_price: " + ", ".join(f"{k}={vals[k][i]:g}" for k in PRICE_COLUMNS if k in vals and vals[k][i] <= 0))
             elif rule == "negative_volume": parts.append(f"negative_volume: volume={vals['volume'][i]:g}")
             elif rule == "high_below_open_close": parts.append(f"high_below_open_close: high={h[i]:g} < max(open={o[i]:g}, close={c[i]:g})")
@@ -254,7 +410,8 @@ def validate_bars(raw: pd.DataFrame, # raw rows as read from the source, any col
         duplicates_identical=n_identical, was_sorted=n_out == 0, n_out_of_order=n_out,
         first_ts=str(bars.index[0]) if len(bars) else None, last_ts=str(bars.index[-1]) if len(bars) else None,
         n_missing_business_days=sum(g[2] for g in gaps) if daily else None, gaps=gaps,
-        extreme_returns=[(str(k), float(v)) for k, v in ext.items()], extreme_return_threshold=extreme_return)
+        extreme_returns=[(str(k), float(v)) for k, v in ext.items()], extreme_return_threshold=extreme_return,
+        options={"decimal": decimal, "thousands": thousands, "date_format": date_format})
     return ValidationResult(bars=bars, quarantine=quarantine, report=report)
 
 # %% ../nbs/01_data.ipynb #edf740de
@@ -289,19 +446,99 @@ def load_bundled(name: str, # one of `BUNDLED`: SP500, NASDAQ, VIX, WTI
         df = pd.DataFrame({"open": df[col], "high": df[col], "low": df[col], "close": df[col]}, index=df.index)
     return df.rename_axis("Date").reset_index(), source, sha
 
-def read_bars_file(path: Path | str, # a .csv (optionally .gz) or .parquet file
+# %% ../nbs/01_data.ipynb #de9d4706
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+def _cause(e: BaseException) -> str:
+    "One line naming an exception's type and message."
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0]}" if msg else type(e).__name__
+
+def _head(p: Path, n: int = 1 << 16) -> bytes:
+    "The first `n` decompressed bytes of a text file."
+    if p.suffix.lower() == ".zip":
+        with zipfile.ZipFile(p) as z:
+            names = [i.filename for i in z.infolist() if not i.is_dir()]
+            if len(names) != 1: raise DataValidationError(f"a .zip must hold exactly one file, it holds {len(names)}", source=str(p), rule="file")
+            with z.open(names[0]) as f: return f.read(n)
+    with _OPENERS.get(p.suffix.lower(), open)(p, "rb") as f: return f.read(n)
+
+def _sniff_encoding(head: bytes, source: str) -> str:
+    for bom, enc in _BOMS:
+        if head.startswith(bom): return enc
+    try: codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise DataValidationError(f"not UTF-8 text (byte {head[e.start]:#04x} at offset {e.start}); give the file's encoding, "
+                                  "e.g. encoding='latin-1' (--encoding latin-1, cp1252, utf-16)", source=source, rule="encoding") from None
+    if b"\x00" in head:
+        raise DataValidationError("NUL bytes in the text: not a UTF-8 CSV (UTF-16 without a byte-order mark? give --encoding utf-16-le)",
+                                  source=source, rule="encoding")
+    return "utf-8"
+
+def _sniff_sep(header: str) -> str:
+    "The delimiter of `, ; tab |` that splits the header line into the most bar columns (',' on a tie)."
+    best, best_n = ",", 0
+    for cand in (",", ";", "\t", "|"):
+        fields = next(csv.reader([header], delimiter=cand), [])
+        k = sum(canonical_column(f) is not None for f in fields)
+        if k > best_n: best, best_n = cand, k
+    return best
+
+def _read_csv(p: Path, sep: str | None, encoding: str | None) -> pd.DataFrame:
+    head = _head(p)
+    if encoding is not None:
+        try: codecs.lookup(encoding)
+        except LookupError: raise ValueError(f"unknown encoding {encoding!r}") from None
+        enc = encoding
+    else: enc = _sniff_encoding(head, str(p))
+    if sep is None:
+        text = codecs.getincrementaldecoder(enc)(errors="replace").decode(head, final=False).lstrip("\ufeff")
+        sep = _sniff_sep(text.splitlines()[0] if text else "")
+    grid = pd.read_csv(p, sep=sep, header=None, dtype=str, keep_default_na=False, skipinitialspace=True,
+                       encoding=enc, compression="infer")
+    header = [str(h).strip() for h in grid.iloc[0].tolist()]
+    out = grid.iloc[1:].reset_index(drop=True)
+    out.columns = header
+    out.attrs["read_options"] = {"sep": sep, "encoding": enc}
+    return out
+
+def _read_parquet(p: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+    df = pq.ParquetFile(p).read().to_pandas()
+    if df.index.name is not None or isinstance(df.index, pd.MultiIndex): df = df.reset_index()  # a saved DatetimeIndex
+    return df
+
+def read_bars_file(path: Path | str, # a .csv/.tsv/.txt (optionally .gz, .bz2, .xz, .zip) or .parquet/.pq file
+                   *,
+                   sep: str | None = None, # CSV field delimiter; None detects it from the header
+                   encoding: str | None = None, # CSV text encoding; None: a byte-order mark, else UTF-8
                   ) -> pd.DataFrame: # raw rows; CSV cells kept as text so validation can name bad values
-    "Read a user's bars file without interpreting it. Raises `DataValidationError` for unknown suffixes or unreadable files."
+    """Read a user's bars file without interpreting it; column names are kept exactly as written.
+
+    Raises `DataValidationError` (rule `file` or `encoding`) naming the file and the cause for a
+    missing, unreadable, truncated or unknown file; never another exception for a bad file."""
     p = Path(path)
+    if p.is_dir(): raise DataValidationError("is a directory, not a file", source=str(p), rule="file")
     if not p.is_file(): raise DataValidationError("file not found", source=str(p), rule="file")
-    suffixes = "".join(p.suffixes).lower()
-    try:
-        if suffixes.endswith(".parquet") or suffixes.endswith(".pq"): return pd.read_parquet(p)
-        if ".csv" in suffixes or suffixes.endswith(".txt"):
-            return pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        raise DataValidationError(f"cannot read file: {e}", source=str(p), rule="file") from e
-    raise DataValidationError(f"unsupported file type {suffixes!r}; use .csv, .csv.gz or .parquet", source=str(p), rule="file")
+    suffixes = [s.lower() for s in p.suffixes]
+    kind = "parquet" if suffixes and suffixes[-1] in (".parquet", ".pq") else \
+           "csv" if any(s in _TEXT_SUFFIXES for s in suffixes[-2:]) else None
+    if kind is None:
+        raise DataValidationError(f"unsupported file type {''.join(p.suffixes)!r}; use .csv (.csv.gz, .csv.bz2, .csv.xz, .csv.zip) or .parquet",
+                                  source=str(p), rule="file")
+    try: return _read_parquet(p) if kind == "parquet" else _read_csv(p, sep, encoding)
+    except (DataValidationError, MemoryError, KeyboardInterrupt): raise
+    except UnicodeDecodeError as e:
+        raise DataValidationError(f"cannot decode the text as {e.encoding} (byte {e.object[e.start]:#04x}); give the file's encoding with --encoding",
+                                  source=str(p), rule="encoding") from e
+    except ValueError as e:
+        if str(e).startswith("unknown encoding"): raise
+        raise DataValidationError(f"cannot read the {kind} file: {_cause(e)}", source=str(p), rule="file") from e
+    except Exception as e:  # truncated gzip (EOFError), bad Parquet (ArrowInvalid), ragged rows (ParserError), I/O errors
+        raise DataValidationError(f"cannot read the {kind} file: {_cause(e)}", source=str(p), rule="file") from e
 
 # %% ../nbs/01_data.ipynb #5f19c3ba
 _SCHEMA = """
@@ -318,6 +555,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     ingest_id VARCHAR NOT NULL, symbol VARCHAR NOT NULL, source VARCHAR NOT NULL, "row" BIGINT,
     ts_raw VARCHAR, rule VARCHAR NOT NULL, detail VARCHAR, record JSON);
 """
+_TABLES = ("bars", "quarantine", "ingests")
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -343,63 +581,242 @@ def _version() -> str:
         return __version__
     except ImportError: return "unknown"
 
-# %% ../nbs/01_data.ipynb #b5fd3eb1
-def _check_symbol(symbol: str) -> str:
-    s = str(symbol).strip()
-    if not s or len(s) > 64 or any(ch.isspace() for ch in s):
-        raise ValueError(f"symbol must be 1-64 characters without spaces, got {symbol!r}")
-    return s.upper()
+# %% ../nbs/01_data.ipynb #124b49ab
+_DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
+def _db_file_exists(path: Path) -> bool:
+    """True if `path` is a DuckDB database file, False if nothing is there.
+
+    Raises `WarehouseError` naming the path for anything else that exists: a directory, a CSV, a
+    Parquet file, an empty file (DuckDB would open such a path as a throwaway database and an
+    ingest would seem to succeed while nothing persists)."""
+    try: st = path.stat()
+    except FileNotFoundError: return False
+    except OSError as e: raise WarehouseError(f"warehouse {path}: {e.strerror or _cause(e)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WarehouseError(f"warehouse {path} is a directory, not a DuckDB database file (give a file, e.g. {path / 'ptrader.duckdb'})")
+    if not stat.S_ISREG(st.st_mode): raise WarehouseError(f"warehouse {path} is not a regular file")
+    try:
+        with open(path, "rb") as f: head = f.read(12)
+    except OSError as e: raise WarehouseError(f"warehouse {path}: cannot read: {e.strerror or _cause(e)}") from None
+    if len(head) < 12 or head[8:12] != _DUCKDB_MAGIC:
+        raise WarehouseError(f"{path} exists and is not a DuckDB database file; refusing to use it as the warehouse (nothing was changed)")
+    return True
+
+def _lock_conflict(e: BaseException) -> bool:
+    "Whether a DuckDB error is another process holding the database file's lock."
+    s = str(e).lower()
+    return isinstance(e, duckdb.Error) and ("could not set lock" in s or "conflicting lock" in s or "resource temporarily unavailable" in s)
+
+def _sql_literal(s: str) -> str: return "'" + s.replace("'", "''") + "'"
+
+def _storage_error(path: Path, e: BaseException, doing: str) -> WarehouseError:
+    "A one-line WarehouseError with the real cause (errno text or DuckDB's message)."
+    cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return WarehouseError(f"warehouse {path}: {doing} failed: {cause}; the warehouse is unchanged")
+
+# %% ../nbs/01_data.ipynb #ca6d4c9d
+def _wait(attempt, # callable: returns a result, or raises BlockingIOError while another process holds the lock
+          *, path: Path, timeout: float, holder=lambda: None):
+    "Call `attempt` until it succeeds, with backoff 50 ms doubling to 1 s; `WarehouseBusyError` after `timeout` seconds."
+    deadline = time.monotonic() + timeout; delay = 0.05; warned = False
+    while True:
+        try: return attempt()
+        except BlockingIOError: pass
+        now = time.monotonic(); who = holder()
+        if now >= deadline:
+            raise WarehouseBusyError(f"warehouse {path} is being written by another process{who or ''}; gave up after "
+                                     f"{timeout:g} s (lock timeout); nothing was written; retry later") from None
+        if not warned:
+            log.warning("warehouse %s is being written by another process%s; waiting up to %g s for it", path, who or "", timeout)
+            warned = True
+        time.sleep(min(delay, deadline - now)); delay = min(2 * delay, 1.0)
+
+@contextlib.contextmanager
+def _writer_lock(db: Path, timeout: float):
+    "Hold `<db>.lock` (flock, exclusive) for the duration; the file records the holder's pid."
+    lock = db.with_name(db.name + ".lock")
+    try: fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e: raise _storage_error(db, e, f"creating the lock file {lock}") from None
+    def holder():
+        try: pid = os.pread(fd, 32, 0).decode().strip()
+        except OSError: pid = ""
+        return f" (pid {pid})" if pid.isdigit() else ""
+    def attempt():
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while held elsewhere
+    try:
+        _wait(attempt, path=db, timeout=timeout, holder=holder)
+        with contextlib.suppress(OSError): os.ftruncate(fd, 0); os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError): os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock
+
+def _attach(db: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """A read-only snapshot of the warehouse file: an in-memory DuckDB with the file attached (not
+    `duckdb.connect(path)`, whose per-process instance cache would hand back an older file)."""
+    def attempt():
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"ATTACH {_sql_literal(str(db))} AS wh (READ_ONLY)"); con.execute("USE wh")
+            return con
+        except duckdb.Error as e:
+            con.close()
+            if _lock_conflict(e): raise BlockingIOError(str(e)) from None
+            raise WarehouseError(f"warehouse {db}: cannot open it: {str(e).strip().splitlines()[0]}") from None
+    return _wait(attempt, path=db, timeout=timeout)
+
+# %% ../nbs/01_data.ipynb #b5fd3eb1
 class Warehouse:
     """The DuckDB warehouse of bars, quarantined rows and ingest provenance.
 
-    `Warehouse(path=None, read_only=False)`: `path` defaults to `ptrader.config.warehouse_path()`
-    (`$PTRADER_DB` or `data/ptrader.duckdb`). Use as a context manager, or call `close()`.
-    All SQL is parameterized; every ingest is one transaction."""
-    def __init__(self, path: Path | str | None = None, read_only: bool = False):
+    `Warehouse(path=None, read_only=False, lock_timeout=30)`: `path` defaults to
+    `ptrader.config.warehouse_path()` (`$PTRADER_DB` or `data/ptrader.duckdb`). Reads see a consistent
+    snapshot of the file as it was when the warehouse was opened or last written by this object
+    (`refresh()` moves to the newest); writes go through `transaction()` (see above). Use as a context
+    manager, or call `close()`. All SQL is parameterized; every ingest is one transaction.
+
+    Raises `WarehouseError` naming the path if it is a directory, not a DuckDB file, corrupt or
+    unwritable; `FileNotFoundError` for a missing warehouse opened read-only (nothing is created);
+    `WarehouseBusyError` if another process keeps the lock beyond `lock_timeout` seconds."""
+    def __init__(self, path: Path | str | None = None, read_only: bool = False,
+                 lock_timeout: float = DEFAULTS.lock_timeout): # seconds a writer waits for another writer
+        if not (isinstance(lock_timeout, (int, float)) and math.isfinite(lock_timeout) and lock_timeout >= 0):
+            raise ValueError(f"lock_timeout must be a finite number of seconds >= 0, got {lock_timeout!r}")
         self.path = Path(path) if path is not None else warehouse_path()
-        if not read_only: self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not self.path.exists(): raise FileNotFoundError(f"warehouse {self.path} does not exist; run `ptrader ingest --bundled` first")
-        self.read_only = read_only
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
-        if not read_only: self.con.execute(_SCHEMA)
+        self.read_only, self.lock_timeout, self._con = read_only, float(lock_timeout), None
+        self._file = self.path.resolve()  # a symlinked warehouse: the rename replaces its target, not the link
+        exists = _db_file_exists(self._file)
+        if read_only and not exists:
+            raise FileNotFoundError(f"warehouse {self.path} does not exist; nothing has been ingested there "
+                                    "(run `ptrader ingest --bundled` or `ptrader ingest FILE --symbol SYM`)")
+        if not read_only:
+            try: self._file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e: raise _storage_error(self.path, e, "creating its folder") from None
+            if exists and self._file.with_name(self._file.name + ".wal").exists(): self._recover_wal()
+        self.refresh()
+        missing = [t for t in _TABLES if t not in self._tables()]
+        if missing and read_only:
+            self.close()
+            raise WarehouseError(f"warehouse {self.path} is a DuckDB database but not a ptrader warehouse (no table {', '.join(missing)})")
+        if missing:
+            with self.transaction(): pass  # creates the schema
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
-    def close(self): self.con.close()
     def __repr__(self): return f"Warehouse({str(self.path)!r}, read_only={self.read_only})"
 
+    def close(self):
+        if self._con is not None: self._con.close(); self._con = None
+
+    def refresh(self):
+        "Re-open the read snapshot on the newest warehouse file."
+        self.close()
+        if self._file.exists(): self._con = _attach(self._file, self.lock_timeout)
+
+    def _tables(self) -> set[str]:
+        if self._con is None: return set()
+        return {r[0] for r in self._con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = 'wh'").fetchall()}
+
+    def _query(self, sql: str, params=None):
+        if self._con is None: raise WarehouseError(f"warehouse {self.path} is closed")
+        return self._con.execute(sql, params or [])
+
+    def _recover_wal(self):
+        "Replay a write-ahead log left by a process that wrote the file in place (an older ptrader, the duckdb shell)."
+        log.warning("warehouse %s has a write-ahead log from an interrupted in-place write; replaying it", self.path)
+        def attempt():
+            try: return duckdb.connect(str(self._file))
+            except duckdb.Error as e:
+                if _lock_conflict(e): raise BlockingIOError(str(e)) from None
+                raise WarehouseError(f"warehouse {self.path}: cannot replay its write-ahead log: {str(e).strip().splitlines()[0]}") from None
+        with _writer_lock(self._file, self.lock_timeout):
+            con = _wait(attempt, path=self.path, timeout=self.lock_timeout)
+            try: con.execute("CHECKPOINT")
+            finally: con.close()
+
     # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self):
+        """One atomic write: yields a DuckDB connection, inside `BEGIN TRANSACTION`, on a private copy
+        of the warehouse taken under the writer lock. A clean exit commits, checkpoints and renames the
+        copy over the warehouse file; an exception discards the copy and leaves the file untouched.
+
+        Raises `WarehouseBusyError` after `lock_timeout` s waiting for another writer, and
+        `WarehouseError` with the real cause (e.g. "No space left on device") if storage fails."""
+        if self.read_only: raise WarehouseError(f"warehouse {self.path} is open read-only")
+        db = self._file
+        shadow = db.with_name(db.name + ".writing")
+        def discard():
+            for p in (shadow, shadow.with_name(shadow.name + ".wal")):
+                with contextlib.suppress(FileNotFoundError): p.unlink()
+            shutil.rmtree(shadow.with_name(shadow.name + ".tmp"), ignore_errors=True)
+        with _writer_lock(db, self.lock_timeout):
+            discard()  # a copy left by a writer that was killed
+            con = None
+            try:
+                try:
+                    if _db_file_exists(db):
+                        guard = _attach(db, self.lock_timeout)  # DuckDB's shared lock: no in-place writer during the copy
+                        try: shutil.copyfile(db, shadow)
+                        finally: guard.close()
+                        shutil.copymode(db, shadow)
+                    con = duckdb.connect(str(shadow))
+                    con.execute(_SCHEMA)
+                    con.execute("BEGIN TRANSACTION")
+                except (OSError, duckdb.Error) as e: raise _storage_error(self.path, e, "preparing the write") from None
+                try: yield con
+                except (OSError, duckdb.Error) as e: raise _storage_error(self.path, e, "writing") from None
+                try:
+                    con.execute("COMMIT"); con.execute("CHECKPOINT"); con.close(); con = None
+                    fd = os.open(shadow, os.O_RDONLY)
+                    try: os.fsync(fd)
+                    finally: os.close(fd)
+                    os.replace(shadow, db)
+                    dfd = os.open(db.parent, os.O_RDONLY)
+                    try: os.fsync(dfd)
+                    finally: os.close(dfd)
+                except (OSError, duckdb.Error) as e: raise _storage_error(self.path, e, "committing") from None
+            except BaseException:
+                if con is not None:
+                    with contextlib.suppress(Exception): con.execute("ROLLBACK")  # may fail after a failed write: the first error is the cause
+                    with contextlib.suppress(Exception): con.close()
+                discard()
+                raise
+        self.refresh()
+
     def ingest_frame(self, raw: pd.DataFrame, # raw rows, any column names (see `normalize_columns`)
-                     *, symbol: str, # symbol the rows belong to
+                     *, symbol: str, # symbol the rows belong to (see `SYMBOL_RULE`)
                      source: str, # file path or bundled-source description
                      sha256: str, # SHA-256 of the source bytes, the idempotency key with `symbol`
                      source_kind: str = "frame", # 'csv', 'parquet', 'bundled' or 'frame'
                      on_bad_rows: str = "reject", # 'reject' the whole input, or 'quarantine' the bad rows
                      note: str | None = None, # free text stored with the provenance
+                     **parse, # decimal, thousands, date_format: see `validate_bars`
                     ) -> IngestResult:
-        """Validate `raw` and upsert it into `bars` in one transaction.
+        """Validate `raw` (outside the lock) and upsert it into `bars` in one transaction.
 
         Raises `DataValidationError` for whole-input problems, and with `on_bad_rows="reject"` when
-        any row breaks a rule (the message names the source, the first bad rows and their rules);
-        in both cases the warehouse is unchanged."""
+        any row breaks a rule (the first line names the source, the first bad row and its rule; the
+        next lines list up to ten bad rows); in both cases the warehouse is unchanged."""
         if on_bad_rows not in ("reject", "quarantine"): raise ValueError(f"on_bad_rows must be 'reject' or 'quarantine', got {on_bad_rows!r}")
-        symbol = _check_symbol(symbol)
+        symbol = check_symbol(symbol)
         ingest_id = hashlib.sha256(f"{symbol}|{sha256}".encode()).hexdigest()[:16]
-        prev = self.con.execute("SELECT rows_in, rows_accepted, rows_quarantined FROM ingests WHERE ingest_id = ?", [ingest_id]).fetchone()
-        if prev is not None:
+        def skipped(prev):
             log.info("%s: already ingested for %s as %s; nothing to do", source, symbol, ingest_id)
             return IngestResult(ingest_id, symbol, source, sha256, prev[0], prev[1], prev[2], 0, 0, True, None)
+        prev_sql = "SELECT rows_in, rows_accepted, rows_quarantined FROM ingests WHERE ingest_id = ?"
+        prev = self._query(prev_sql, [ingest_id]).fetchone()
+        if prev is not None: return skipped(prev)
         started = _now()
-        v = validate_bars(raw, source=source, symbol=symbol)
+        v = validate_bars(raw, source=source, symbol=symbol, **parse)
         if len(v.quarantine) and on_bad_rows == "reject":
-            q = v.quarantine
+            q = v.quarantine; first = q.iloc[0]
             lines = "\n".join(f"  row {r} (line {r + 1} of a CSV with a header): rule {rule}: {d}" for r, rule, d in q[["row", "rule", "detail"]].head(10).itertuples(index=False))
             more = f"\n  ... and {len(q) - 10} more" if len(q) > 10 else ""
-            first = q.iloc[0]
-            raise DataValidationError(f"{len(q)} of {len(raw)} rows break validation rules; nothing was written "
-                                      f"(use on_bad_rows='quarantine' / --quarantine to load the valid rows):\n{lines}{more}\n",
-                                      source=source, rule=str(first["rule"]), row=int(first["row"]))
+            raise DataValidationError(f"{len(q)} of {len(raw)} rows break validation rules, the first is row {first['row']} "
+                                      f"(rule {first['rule']}); nothing was written (use on_bad_rows='quarantine' / --quarantine "
+                                      f"to load the valid rows):\n{lines}{more}\n", source=source, rule=str(first["rule"]), row=int(first["row"]))
         if len(v.bars) == 0:
             raise DataValidationError("no valid rows to ingest", source=source, rule=str(v.quarantine["rule"].iloc[0]) if len(v.quarantine) else "empty")
         inc = v.bars.reset_index()
@@ -408,45 +825,50 @@ class Warehouse:
         inc = inc[["ts", "open", "high", "low", "close", "volume", "adj_close"]]
         inc.insert(0, "symbol", symbol); inc["ingest_id"] = ingest_id
         q = v.quarantine.assign(ingest_id=ingest_id, symbol=symbol, source=source)[["ingest_id", "symbol", "source", "row", "ts_raw", "rule", "detail", "record"]]
-        con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.register("_incoming", inc); con.register("_quarantine", q)
-            # rows whose key is new, and rows whose values differ from what is stored
-            n_new, n_changed = con.execute("""
-                SELECT count(*) FILTER (WHERE b.symbol IS NULL),
-                       count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
-                                        IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close))
-                FROM _incoming i LEFT JOIN bars b ON b.symbol = i.symbol AND b.ts = i.ts""").fetchone()
-            log.info("ingest %s: writing %d rows (%d new, %d changed) for %s", ingest_id, len(inc), n_new, n_changed, symbol)
-            con.execute("""
-                INSERT INTO bars SELECT i.* FROM _incoming i LEFT JOIN bars b ON b.symbol = i.symbol AND b.ts = i.ts
-                WHERE b.symbol IS NULL OR (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
-                      IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close)
-                ON CONFLICT (symbol, ts) DO UPDATE SET open = excluded.open, high = excluded.high, low = excluded.low,
-                    close = excluded.close, volume = excluded.volume, adj_close = excluded.adj_close, ingest_id = excluded.ingest_id""")
-            con.execute("INSERT INTO quarantine SELECT * FROM _quarantine")
-            r = v.report
-            con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [ingest_id, symbol, source, source_kind, sha256, r.rows_in, r.rows_accepted, r.rows_quarantined,
-                         int(n_new), int(n_changed), started, _now(), _version(), note, json.dumps(r.to_dict())])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("_incoming"); con.unregister("_quarantine")
+        r = v.report
+        with self.transaction() as con:
+            prev = con.execute(prev_sql, [ingest_id]).fetchone()  # another process may have ingested it meanwhile
+            if prev is None:
+                con.register("_incoming", inc); con.register("_quarantine", q)
+                # rows whose key is new, and rows whose values differ from what is stored
+                n_new, n_changed = con.execute("""
+                    SELECT count(*) FILTER (WHERE b.symbol IS NULL),
+                           count(*) FILTER (WHERE b.symbol IS NOT NULL AND (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
+                                            IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close))
+                    FROM _incoming i LEFT JOIN bars b ON b.symbol = i.symbol AND b.ts = i.ts""").fetchone()
+                log.info("ingest %s: writing %d rows (%d new, %d changed) for %s", ingest_id, len(inc), n_new, n_changed, symbol)
+                con.execute("""
+                    INSERT INTO bars SELECT i.* FROM _incoming i LEFT JOIN bars b ON b.symbol = i.symbol AND b.ts = i.ts
+                    WHERE b.symbol IS NULL OR (b.open, b.high, b.low, b.close, b.volume, b.adj_close)
+                          IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume, i.adj_close)
+                    ON CONFLICT (symbol, ts) DO UPDATE SET open = excluded.open, high = excluded.high, low = excluded.low,
+                        close = excluded.close, volume = excluded.volume, adj_close = excluded.adj_close, ingest_id = excluded.ingest_id""")
+                con.execute("INSERT INTO quarantine SELECT * FROM _quarantine")
+                con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [ingest_id, symbol, source, source_kind, sha256, r.rows_in, r.rows_accepted, r.rows_quarantined,
+                             int(n_new), int(n_changed), started, _now(), _version(), note, json.dumps(r.to_dict())])
+                con.unregister("_incoming"); con.unregister("_quarantine")
+        if prev is not None: return skipped(prev)
         log.info("ingest %s: %s committed (%d accepted, %d quarantined)", ingest_id, symbol, r.rows_accepted, r.rows_quarantined)
         return IngestResult(ingest_id, symbol, source, sha256, r.rows_in, r.rows_accepted, r.rows_quarantined,
                             int(n_new), int(n_changed), False, r, v.quarantine)
 
-    def ingest_file(self, path: Path | str, # CSV (optionally gzipped) or Parquet file
-                    *, symbol: str, on_bad_rows: str = "reject") -> IngestResult:
-        "Read, validate and upsert a user's bars file (see `ingest_frame`)."
+    def ingest_file(self, path: Path | str, # CSV (optionally compressed) or Parquet file
+                    *, symbol: str, on_bad_rows: str = "reject",
+                    sep: str | None = None, # CSV delimiter (None: detected from the header)
+                    encoding: str | None = None, # CSV encoding (None: byte-order mark, else UTF-8)
+                    decimal: str = ".", # decimal mark of text numbers
+                    thousands: str | None = None, # thousands separator of text numbers
+                    date_format: str | None = None, # strptime format of the dates, e.g. '%Y%m%d'
+                   ) -> IngestResult:
+        "Read, validate and upsert a user's bars file (see `read_bars_file`, `validate_bars`, `ingest_frame`)."
         p = Path(path)
-        raw = read_bars_file(p)
-        kind = "parquet" if ".parquet" in "".join(p.suffixes).lower() or p.suffix.lower() == ".pq" else "csv"
-        return self.ingest_frame(raw, symbol=symbol, source=str(p), sha256=file_sha256(p), source_kind=kind, on_bad_rows=on_bad_rows)
+        raw = read_bars_file(p, sep=sep, encoding=encoding)
+        kind = "parquet" if p.suffix.lower() in (".parquet", ".pq") else "csv"
+        opts = {"decimal": decimal, "thousands": thousands, "date_format": date_format}
+        note = "; ".join(f"{k}={v!r}" for k, v in {**raw.attrs.get("read_options", {}), **opts}.items() if v is not None) or None
+        return self.ingest_frame(raw, symbol=symbol, source=str(p), sha256=file_sha256(p), source_kind=kind,
+                                 on_bad_rows=on_bad_rows, note=f"read with {note}" if note else None, **opts)
 
     def ingest_bundled(self, names=None, # bundled series to load (default: all of `BUNDLED`)
                       ) -> list[IngestResult]:
@@ -461,16 +883,17 @@ class Warehouse:
     # -- reading ---------------------------------------------------------------------------
     def symbols(self) -> list[str]:
         "Symbols with at least one bar."
-        return [r[0] for r in self.con.execute("SELECT DISTINCT symbol FROM bars ORDER BY symbol").fetchall()]
+        return [r[0] for r in self._query("SELECT DISTINCT symbol FROM bars ORDER BY symbol").fetchall()]
 
     def bars(self, symbols: str | list[str], # one symbol, or several
              start=None, # first timestamp included (anything `pd.Timestamp` accepts), or None
              end=None, # last timestamp included, or None
             ) -> pd.DataFrame:
         """Bars in the canonical schema: indexed by `ts` for one symbol (given as a string), by
-        `(symbol, ts)` for a list. Raises `KeyError` naming symbols the warehouse does not have."""
+        `(symbol, ts)` for a list. Raises `DataValidationError` for a symbol breaking `SYMBOL_RULE`,
+        `KeyError` naming symbols the warehouse does not have."""
         single = isinstance(symbols, str)
-        syms = [_check_symbol(s) for s in ([symbols] if single else symbols)]
+        syms = [check_symbol(s) for s in ([symbols] if single else symbols)]
         have = set(self.symbols())
         missing = [s for s in syms if s not in have]
         if missing: raise KeyError(f"symbol(s) {missing} not in warehouse {self.path}; have {sorted(have)}")
@@ -478,20 +901,30 @@ class Warehouse:
         params: list = [syms]
         if start is not None: sql += " AND ts >= ?"; params.append(pd.Timestamp(start).to_pydatetime())
         if end is not None: sql += " AND ts <= ?"; params.append(pd.Timestamp(end).to_pydatetime())
-        df = self.con.execute(sql + " ORDER BY symbol, ts", params).df()
+        df = self._query(sql + " ORDER BY symbol, ts", params).df()
         df["ts"] = pd.DatetimeIndex(df["ts"])
         if single: return df.drop(columns="symbol").set_index("ts").astype(float)
         return df.set_index(["symbol", "ts"]).astype(float)
 
     def ingests(self) -> pd.DataFrame:
         "The provenance table, newest first."
-        return self.con.execute("SELECT * FROM ingests ORDER BY started_at DESC").df()
+        return self._query("SELECT * FROM ingests ORDER BY started_at DESC").df()
 
     def quarantine(self, symbol: str | None = None) -> pd.DataFrame:
         "Quarantined rows, optionally for one symbol."
-        if symbol is None: return self.con.execute("SELECT * FROM quarantine ORDER BY symbol, ingest_id, \"row\"").df()
-        return self.con.execute("SELECT * FROM quarantine WHERE symbol = ? ORDER BY ingest_id, \"row\"", [_check_symbol(symbol)]).df()
+        if symbol is None: return self._query("SELECT * FROM quarantine ORDER BY symbol, ingest_id, \"row\"").df()
+        return self._query("SELECT * FROM quarantine WHERE symbol = ? ORDER BY ingest_id, \"row\"", [check_symbol(symbol)]).df()
 
     def row_counts(self) -> dict[str, int]:
         "Number of rows in each table."
-        return {t: self.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("bars", "quarantine", "ingests")}
+        return {t: self._query(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _TABLES}
+
+    def summary(self) -> pd.DataFrame:
+        "One row per symbol: bars, first and last bar, quarantined rows, ingests and the last ingest's finish time (UTC)."
+        return self._query("""
+            WITH b AS (SELECT symbol, count(*) AS bars, min(ts) AS first_bar, max(ts) AS last_bar FROM bars GROUP BY symbol),
+                 q AS (SELECT symbol, count(*) AS quarantined FROM quarantine GROUP BY symbol),
+                 i AS (SELECT symbol, count(*) AS ingests, max(finished_at) AS last_ingest FROM ingests GROUP BY symbol)
+            SELECT i.symbol, coalesce(b.bars, 0) AS bars, b.first_bar, b.last_bar, coalesce(q.quarantined, 0) AS quarantined,
+                   i.ingests, i.last_ingest
+            FROM i LEFT JOIN b USING (symbol) LEFT JOIN q USING (symbol) ORDER BY i.symbol""").df()
