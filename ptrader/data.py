@@ -82,7 +82,7 @@ def normalize_columns(df: pd.DataFrame, # raw input, one column per field
                                   source=source, rule="missing_column")
     return df[list(mapping)].rename(columns=mapping)
 
-# %% ../nbs/01_data.ipynb #af239df0
+# %% ../nbs/01_data.ipynb #51545884
 SYMBOL_RULE = ("1 to 64 characters from A-Z, 0-9 and . _ ^ = -, starting with a letter, a digit or ^, "
                "with no '..' (case-insensitive, stored upper-case)")
 _SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9._^=-]{0,63}")
@@ -205,7 +205,7 @@ def _parse_numeric(raw: pd.Series, # one numeric field as read
         nonfinite = ~np.isfinite(vals) & ~bad & ~comma
     return vals, bad, comma, nonfinite | missing
 
-# %% ../nbs/01_data.ipynb #66fef9f1
+# %% ../nbs/01_data.ipynb #6cf93996
 _DIGITS = re.compile(r"[+-]?\d+")
 
 def _as_date_text(v) -> str | None:
@@ -446,7 +446,7 @@ def load_bundled(name: str, # one of `BUNDLED`: SP500, NASDAQ, VIX, WTI
         df = pd.DataFrame({"open": df[col], "high": df[col], "low": df[col], "close": df[col]}, index=df.index)
     return df.rename_axis("Date").reset_index(), source, sha
 
-# %% ../nbs/01_data.ipynb #de9d4706
+# %% ../nbs/01_data.ipynb #e1cd2179
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -581,7 +581,7 @@ def _version() -> str:
         return __version__
     except ImportError: return "unknown"
 
-# %% ../nbs/01_data.ipynb #124b49ab
+# %% ../nbs/01_data.ipynb #b867deb7
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
 def _db_file_exists(path: Path) -> bool:
@@ -615,7 +615,7 @@ def _storage_error(path: Path, e: BaseException, doing: str) -> WarehouseError:
     cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return WarehouseError(f"warehouse {path}: {doing} failed: {cause}; the warehouse is unchanged")
 
-# %% ../nbs/01_data.ipynb #ca6d4c9d
+# %% ../nbs/01_data.ipynb #2ee53d5b
 def _wait(attempt, # callable: returns a result, or raises BlockingIOError while another process holds the lock
           *, path: Path, timeout: float, holder=lambda: None):
     "Call `attempt` until it succeeds, with backoff 50 ms doubling to 1 s; `WarehouseBusyError` after `timeout` seconds."
@@ -690,17 +690,14 @@ class Warehouse:
         if read_only and not exists:
             raise FileNotFoundError(f"warehouse {self.path} does not exist; nothing has been ingested there "
                                     "(run `ptrader ingest --bundled` or `ptrader ingest FILE --symbol SYM`)")
-        if not read_only:
-            try: self._file.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e: raise _storage_error(self.path, e, "creating its folder") from None
-            if exists and self._file.with_name(self._file.name + ".wal").exists(): self._recover_wal()
+        if not read_only and exists and self._file.with_name(self._file.name + ".wal").exists(): self._recover_wal()
         self.refresh()
         missing = [t for t in _TABLES if t not in self._tables()]
         if missing and read_only:
             self.close()
             raise WarehouseError(f"warehouse {self.path} is a DuckDB database but not a ptrader warehouse (no table {', '.join(missing)})")
         if missing:
-            with self.transaction(): pass  # creates the schema
+            with self.transaction(): pass  # a DuckDB file without the tables: create them
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -710,9 +707,13 @@ class Warehouse:
         if self._con is not None: self._con.close(); self._con = None
 
     def refresh(self):
-        "Re-open the read snapshot on the newest warehouse file."
+        """Re-open the read snapshot on the newest warehouse file. A warehouse not written yet reads as
+        empty; its file (and folder) is created by the first write, so a refused ingest creates nothing."""
         self.close()
-        if self._file.exists(): self._con = _attach(self._file, self.lock_timeout)
+        if self._file.exists(): self._con = _attach(self._file, self.lock_timeout); return
+        con = duckdb.connect(":memory:")
+        con.execute("ATTACH ':memory:' AS wh"); con.execute("USE wh"); con.execute(_SCHEMA)
+        self._con = con
 
     def _tables(self) -> set[str]:
         if self._con is None: return set()
@@ -751,6 +752,8 @@ class Warehouse:
             for p in (shadow, shadow.with_name(shadow.name + ".wal")):
                 with contextlib.suppress(FileNotFoundError): p.unlink()
             shutil.rmtree(shadow.with_name(shadow.name + ".tmp"), ignore_errors=True)
+        try: db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise _storage_error(self.path, e, "creating its folder") from None
         with _writer_lock(db, self.lock_timeout):
             discard()  # a copy left by a writer that was killed
             con = None
@@ -814,7 +817,7 @@ class Warehouse:
             q = v.quarantine; first = q.iloc[0]
             lines = "\n".join(f"  row {r} (line {r + 1} of a CSV with a header): rule {rule}: {d}" for r, rule, d in q[["row", "rule", "detail"]].head(10).itertuples(index=False))
             more = f"\n  ... and {len(q) - 10} more" if len(q) > 10 else ""
-            raise DataValidationError(f"{len(q)} of {len(raw)} rows break validation rules, the first is row {first['row']} "
+            raise DataValidationError(f"{source}: {len(q)} of {len(raw)} rows break validation rules, the first is row {first['row']} "
                                       f"(rule {first['rule']}); nothing was written (use on_bad_rows='quarantine' / --quarantine "
                                       f"to load the valid rows):\n{lines}{more}\n", source=source, rule=str(first["rule"]), row=int(first["row"]))
         if len(v.bars) == 0:
