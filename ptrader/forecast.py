@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -26,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'check_series', 'future_index', 'Forecaster', 'NaiveForecaster', 'residual_block_length', 'SSAForecaster',
-           'fit_ar', 'SAMoSSAForecaster', 'ndiffs', 'SARIMAXForecaster', 'GARCHForecaster', 'calibrate_intervals',
-           'rolling_origin', 'forecast_metrics', 'volatility_metrics', 'ComparisonResult', 'compare_forecasts',
-           'ensemble_forecasts', 'ForecastingReport', 'forecasting_section']
+           'fit_ar', 'SAMoSSAForecaster', 'ndiffs', 'SARIMAXForecaster', 'egarch_lyapunov', 'GARCHForecaster',
+           'calibrate_intervals', 'rolling_origin', 'forecast_metrics', 'volatility_metrics', 'ComparisonResult',
+           'compare_forecasts', 'ensemble_forecasts', 'ForecastingReport', 'forecasting_section']
 
 # %% ../nbs/04_forecast.ipynb #44b2d923
 def _check_choice(value, choices, name: str):
@@ -811,6 +812,43 @@ _VOLS = {"GARCH": ("GARCH", 0), "GJR": ("GARCH", 1), "EGARCH": ("EGARCH", 1)}
 _DISTS = {"normal": "normal", "t": "t", "skewt": "skewt"}
 
 
+def egarch_lyapunov(
+    params,  # fitted arch parameters (Series with omega, alpha[i], gamma[i], beta[i], ...)
+    std_resid,  # standardized residuals e_t of the fit (T,)
+    p: int = 1, q: int = 1,
+) -> float:
+    """Sample Lyapunov exponent of the EGARCH(1,1,1) log-variance filter: the mean of
+    ``log|beta - (alpha |e_t| + gamma e_t) / 2|``, the log of the filter's derivative d ln s2_t / d ln s2_{t-1}.
+    Negative: the filter forgets its start and a wrong variance corrects itself (invertible); >= 0: an error in
+    the variance feeds itself (a too-small variance makes |e| large, which for alpha < 0 makes it smaller still).
+    NaN when the orders are not (1, 1) or the residuals are not finite.
+
+    References
+    ----------
+    Wintenberger, O. (2013). Continuous invertibility and stable QML estimation of the EGARCH(1,1) model.
+    Scandinavian Journal of Statistics 40(4), 846-867 (the condition E log|beta - (alpha|Z| + gamma Z)/2| < 0)."""
+    if p != 1 or q != 1: return float("nan")
+    e = np.asarray(std_resid, dtype=float)
+    if e.size == 0 or not np.isfinite(e).all(): return float("nan")
+    al, ga, be = float(params["alpha[1]"]), float(params["gamma[1]"]), float(params["beta[1]"])
+    with np.errstate(divide="ignore"):
+        return float(np.mean(np.log(np.abs(be - (al * np.abs(e) + ga * e) / 2))))
+
+
+@functools.lru_cache(maxsize=None)
+def _monotone_egarch():
+    "arch's EGARCH with the linear constraints alpha >= |gamma| (lags summed) added: the news impact grows with |shock|."
+    from arch.univariate import EGARCH
+    class MonotoneEGARCH(EGARCH):
+        def constraints(self):
+            a, b = super().constraints()
+            rows = np.zeros((2, 1 + self.p + self.o + self.q))
+            rows[:, 1:1 + self.p] = 1.0
+            rows[0, 1 + self.p:1 + self.p + self.o], rows[1, 1 + self.p:1 + self.p + self.o] = 1.0, -1.0
+            return np.vstack([a, rows]), np.r_[b, 0.0, 0.0]
+    return MonotoneEGARCH
+
+
 class GARCHForecaster(Forecaster):
     """GARCH-family volatility forecaster on a return series (wraps `arch.arch_model(...).fit(disp="off")`).
 
@@ -832,8 +870,17 @@ class GARCHForecaster(Forecaster):
     References
     ----------
     Bollerslev (1986); Glosten, Jagannathan & Runkle (1993); Nelson (1991); Hansen (1994) skew-t; `arch`
-    documentation, "Forecasting" (analytic horizon variances; simulation for EGARCH beyond h=1)."""
+    documentation, "Forecasting" (analytic horizon variances; simulation for EGARCH beyond h=1); Wintenberger (2013)
+    for the EGARCH invertibility check.
+
+    Failed fits raise `ConvergenceFailure` (which `rolling_origin` records as a missing forecast): an EGARCH fit
+    whose optimizer fails or whose filter is not invertible (`egarch_lyapunov` >= 0) is refitted once with
+    alpha >= |gamma| and raises if that fails too; any variance forecast that is not finite or lies more than a factor
+    `max_var_ratio` (1e4) from the variance of the returns it was made from raises. On a homoskedastic series
+    an unconstrained EGARCH often lands on alpha < 0 with beta near 1, a filter arch's variance bounds keep finite
+    in the likelihood but whose forecasts run to 1e-24 or 1e+308."""
     min_obs = 100
+    max_var_ratio = 1e4  # a variance forecast further than this factor from the window's variance is a failed fit
 
     def __init__(self, vol: str = "GARCH", dist: str = "normal", *, p: int = 1, q: int = 1, mean: str = "Constant",
                  scale: float = 100.0, var_level: float = 0.99, seed: int = DEFAULTS.seed):
@@ -843,25 +890,50 @@ class GARCHForecaster(Forecaster):
         self.p, self.q, self.scale, self.seed = p, q, float(scale), seed
         self.var_level = _check_level(var_level)
 
-    def _model(self, y):
+    def _model(self, y, monotone: bool = False):
         from arch import arch_model
         v, o = _VOLS[self.vol]
-        return arch_model(y * self.scale, mean=self.mean, vol=v, p=self.p, o=o, q=self.q, dist=_DISTS[self.dist], rescale=False)
+        if not monotone:
+            return arch_model(y * self.scale, mean=self.mean, vol=v, p=self.p, o=o, q=self.q, dist=_DISTS[self.dist], rescale=False)
+        from arch.univariate import ConstantMean, Normal, SkewStudent, StudentsT, ZeroMean
+        dist = {"normal": Normal, "t": StudentsT, "skewt": SkewStudent}[self.dist]()
+        mean = ConstantMean if self.mean == "Constant" else ZeroMean
+        return mean(y * self.scale, volatility=_monotone_egarch()(self.p, o, self.q), distribution=dist, rescale=False)
+
+    def _problem(self, res) -> str | None:
+        "Why a fit cannot be used for forecasts (None when it can): optimizer failure, or a non-invertible EGARCH filter."
+        if int(res.convergence_flag) != 0 and self.vol == "EGARCH":
+            return f"optimizer did not converge (flag {int(res.convergence_flag)})"
+        if self.vol == "EGARCH":
+            lam = egarch_lyapunov(res.params, res.std_resid, self.p, self.q)
+            if not lam < 0:
+                return f"EGARCH filter not invertible (Lyapunov exponent {lam:.3g} >= 0)"
+        return None
 
     def _fit(self, a):
         res = self._model(a[:, 0]).fit(disp="off", show_warning=False)
+        why, self.monotone_ = self._problem(res), False
+        if why is not None:   # EGARCH only: refit with the news-impact constraint alpha >= |gamma|
+            logger.info("EGARCH %s: %s; refitting with alpha >= |gamma|", self.dist, why)
+            res = self._model(a[:, 0], monotone=True).fit(disp="off", show_warning=False)
+            self.monotone_ = True
+            why2 = self._problem(res)
+            if why2 is not None:
+                raise ConvergenceFailure(f"GARCHForecaster(vol={self.vol!r}, dist={self.dist!r}) on {len(a)} returns: {why}; "
+                                         f"with alpha >= |gamma|: {why2}")
         self.result_ = res
         self.converged_ = int(res.convergence_flag) == 0
         if not self.converged_:
             logger.warning("GARCH %s/%s did not converge (flag %s)", self.vol, self.dist, res.convergence_flag)
         self.params_ = res.params.copy()
+        self._var_ref = float(np.var(a[:, 0]))
         tail = 1 - self.var_level
         x, w = np.polynomial.legendre.leggauss(128)
         v = (x + 1) / 2                       # u = tail * v**4 removes the endpoint singularity of q_u at 0
         es_q = float(np.sum(w / 2 * self._quantiles(tail * v ** 4) * 4 * v ** 3))
         self._tail_q = (float(self._quantiles([tail])[0]), es_q)
         self.diagnostics_ = {"loglikelihood": float(res.loglikelihood), "aic": float(res.aic), "bic": float(res.bic),
-                             "convergence_flag": int(res.convergence_flag)}
+                             "convergence_flag": int(res.convergence_flag), "monotone_refit": self.monotone_}
 
     def _quantiles(self, probs):
         d = self.result_.model.distribution
@@ -878,6 +950,10 @@ class GARCHForecaster(Forecaster):
         f = res.forecast(horizon=h, reindex=False, method=method, **kw)
         mu = f.mean.to_numpy()[-1] / self.scale
         var = f.variance.to_numpy()[-1] / self.scale ** 2
+        ref = float(np.var(a[:, 0])) if a is not self._y else self._var_ref
+        if not (np.all(np.isfinite(var)) and np.all(var >= ref / self.max_var_ratio) and np.all(var <= ref * self.max_var_ratio)):
+            raise ConvergenceFailure(f"GARCHForecaster(vol={self.vol!r}, dist={self.dist!r}): variance forecast {np.asarray(var).tolist()} "
+                                     f"is not within a factor {self.max_var_ratio:g} of the window's return variance {ref:.3g}")
         sd = np.sqrt(var)
         ql, qu = self._quantiles([0.5 - level / 2, 0.5 + level / 2])
         tail = 1 - self.var_level
@@ -1095,7 +1171,11 @@ def compare_forecasts(table: pd.DataFrame, *, horizon: int = 1, loss: str = "mse
         Squared or absolute error (the MCS uses the same loss).
     alpha : float
         DM significance and 1 - MCS confidence.
-    reps, seed : bootstrap replications and seed of the MCS."""
+    reps, seed : bootstrap replications and seed of the MCS.
+
+    A model without any finite forecast is left out, and rows where any remaining model's loss is not finite
+    (a failed fit, an overflowing forecast) are dropped, both logged. Raises ValueError when fewer than two models
+    or fewer than 20 rows remain."""
     from ptrader.stats import data_snooping_tests, diebold_mariano
     _check_choice(loss, ("mse", "mae"), "loss")
     t = table[table.horizon == horizon]
@@ -1103,15 +1183,21 @@ def compare_forecasts(table: pd.DataFrame, *, horizon: int = 1, loss: str = "mse
         t = t[t.model.isin(models)]
     F = t.pivot_table(index=["origin", "symbol"], columns="model", values="forecast", aggfunc="first", sort=True)
     A = t.groupby(["origin", "symbol"])["actual"].first().reindex(F.index)
-    ok = F.notna().all(axis=1)
-    if (~ok).any():
-        logger.warning("compare_forecasts: %d (origin, symbol) rows dropped where some model failed", int((~ok).sum()))
-    F, A = F[ok], A[ok]
-    names = list(F.columns)
-    if len(names) < 2:
-        raise ValueError(f"models: need at least two models to compare, got {names}")
+    dead = [m for m in F.columns if not np.isfinite(F[m]).any()]
+    if dead:
+        logger.warning("compare_forecasts: models %s have no finite forecast at horizon %d and are left out", dead, horizon)
+        F = F.drop(columns=dead)
     E = F.sub(A, axis=0)
     Lm = E ** 2 if loss == "mse" else E.abs()
+    ok = np.isfinite(Lm).all(axis=1) & np.isfinite(A)
+    if (~ok).any():
+        logger.warning("compare_forecasts: %d (origin, symbol) rows dropped where some model failed", int((~ok).sum()))
+    F, A, Lm = F[ok], A[ok], Lm[ok]
+    names = list(F.columns)
+    if len(names) < 2:
+        raise ValueError(f"models: need at least two models with forecasts to compare, got {names}")
+    if len(Lm) < 20:
+        raise ValueError(f"table: {len(Lm)} (origin, symbol) rows where every model has a finite loss at horizon {horizon}; at least 20 needed")
     rows = []
     P = pd.DataFrame(np.nan, index=names, columns=names)
     for i, a in enumerate(names):

@@ -27,7 +27,7 @@ __all__ = ['total_return', 'annualized_return', 'annualized_volatility', 'sharpe
            'ks_2samp', 'cohens_d', 'hedges_g', 'binomial_win_rate', 'ljung_box', 'durbin_watson', 'jarque_bera',
            'arch_lm', 'variance_ratio', 'diebold_mariano', 'pesaran_timmermann', 'sharpe_sample_size', 'sharpe_power',
            'win_rate_sample_size', 'win_rate_power', 'SnoopingResult', 'data_snooping_tests', 'ValidationResult',
-           'validate_returns']
+           'validate_returns', 'BenchmarkVerdict', 'benchmark_verdict']
 
 # %% ../nbs/05_stats.ipynb #0859acc8
 def _as_returns(
@@ -522,7 +522,7 @@ class BootstrapResult:
         return "\n".join(lines)
 
     def plot(self, level: float = 0.95):
-        "Plotly figure: a histogram of each bootstrap distribution with the estimate and the interval."
+        "Plotly figure: a histogram (60 bins, counts of replicates) of each bootstrap distribution with the estimate and the interval."
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         ci = self.conf_int(level)
@@ -530,7 +530,9 @@ class BootstrapResult:
         for j, k in enumerate(_BOOT_METRICS):
             r, c = divmod(j, 2)
             v = self.replicates[k].to_numpy(); v = v[np.isfinite(v)]
-            fig.add_trace(go.Histogram(x=v, nbinsx=60, name=k, showlegend=False, marker_color="#8da0cb"), row=r + 1, col=c + 1)
+            cnt, edges = np.histogram(v, bins=60)   # binned here: the figure carries 60 bars, not every replicate
+            fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=cnt, width=np.diff(edges), name=k, showlegend=False,
+                                 marker_color="#8da0cb", hovertemplate="%{x:.4g}: %{y} replicates<extra></extra>"), row=r + 1, col=c + 1)
             for xv, dash in ((ci.loc[k, "estimate"], "solid"), (ci.loc[k, "ci_low"], "dash"), (ci.loc[k, "ci_high"], "dash")):
                 fig.add_vline(x=xv, line_dash=dash, line_color="#d62728", row=r + 1, col=c + 1)
         fig.update_layout(title=f"Bootstrap distributions, {level:.0%} intervals ({self.method}, block {self.block_size:.1f}, {self.reps} reps)",
@@ -663,31 +665,44 @@ class PBOResult:
     @property
     def logits(self) -> pd.Series: return self.splits["logit"]
 
-    def summary(self) -> str:
-        "Plain-words verdict on overfitting."
+    def _scale(self, periods_per_year):
+        "Factor that annualizes the performance metric (Sharpe: sqrt(periods_per_year)); 1 when not asked or not a Sharpe."
+        if periods_per_year is None or self.metric not in ("sharpe",): return 1.0, "per period"
+        return math.sqrt(_check_ppy(periods_per_year)), "annualized"
+
+    def summary(self, periods_per_year: float | None = None) -> str:
+        "Plain-words verdict on overfitting; with `periods_per_year` the degradation line is in annualized Sharpe."
         sel = self.splits["best"].value_counts(normalize=True)
-        verdict = ("the selection procedure is overfit: the in-sample winner is as likely as not to be below the out-of-sample median"
-                   if self.pbo >= 0.5 else
-                   "moderate overfitting risk" if self.pbo >= 0.2 else "little evidence of backtest overfitting")
+        share = f"the in-sample winner ranks at or below the out-of-sample median in {self.pbo:.0%} of the splits"
+        verdict = (f"the selection is overfit: {share}" if self.pbo >= 0.5 else
+                   f"moderate overfitting risk: {share}" if self.pbo >= 0.2 else f"little evidence of backtest overfitting: {share}")
+        k, unit = self._scale(periods_per_year)
+        sign = "+" if self.slope >= 0 else "−"
         return (f"PBO (CSCV, {self.n_blocks} blocks, {len(self.splits)} splits, {self.n_configs} configurations, metric {self.metric}): "
                 f"{self.pbo:.3f} — {verdict}.\n"
                 f"Probability of an out-of-sample loss for the IS winner: {self.prob_oos_loss:.3f}. "
-                f"Degradation: OOS = {self.intercept:.4g} + {self.slope:.3f} × IS (R² {self.r2:.3f}).\n"
+                f"Degradation ({unit} {self.metric}): OOS = {self.intercept * k:.3g} {sign} {abs(self.slope):.3f} × IS (R² {self.r2:.3f}).\n"
                 f"Most often selected: {sel.index[0]!r} ({sel.iloc[0]:.0%} of splits).")
 
-    def plot(self):
-        "Plotly figure: logit histogram (left) and OOS vs IS performance of the IS winner (right)."
+    def plot(self, periods_per_year: float | None = None, max_points: int = 2000, seed: int = 0):
+        """Plotly figure: logit histogram (left) and OOS vs IS performance of the IS winner (right; SVG markers,
+        a seeded random `max_points` of the splits when there are more, the fitted line from all of them). With
+        `periods_per_year` a Sharpe metric is shown annualized."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
-        fig = make_subplots(rows=1, cols=2, subplot_titles=[f"Logits λ (PBO = {self.pbo:.3f})", "Performance degradation"])
-        fig.add_trace(go.Histogram(x=self.splits["logit"], nbinsx=40, showlegend=False, marker_color="#66c2a5"), row=1, col=1)
+        k, unit = self._scale(periods_per_year)
+        sp = self.splits
+        shown = sp if len(sp) <= max_points else sp.sample(max_points, random_state=seed)
+        note = "" if len(shown) == len(sp) else f" ({len(shown):,} of {len(sp):,} splits shown)"
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[f"Logits λ (PBO = {self.pbo:.3f})", "Performance degradation" + note])
+        fig.add_trace(go.Histogram(x=sp["logit"], nbinsx=40, showlegend=False, marker_color="#66c2a5"), row=1, col=1)
         fig.add_vline(x=0, line_dash="dash", line_color="#d62728", row=1, col=1)
-        fig.add_trace(go.Scattergl(x=self.splits["is_perf"], y=self.splits["oos_perf"], mode="markers", marker=dict(size=3, opacity=0.4),
-                                   showlegend=False), row=1, col=2)
-        xs = np.array([self.splits["is_perf"].min(), self.splits["is_perf"].max()])
-        fig.add_trace(go.Scatter(x=xs, y=self.intercept + self.slope * xs, mode="lines", name=f"slope {self.slope:.2f}"), row=1, col=2)
-        fig.update_xaxes(title_text="λ", row=1, col=1); fig.update_xaxes(title_text=f"IS {self.metric}", row=1, col=2)
-        fig.update_yaxes(title_text=f"OOS {self.metric}", row=1, col=2)
+        fig.add_trace(go.Scatter(x=shown["is_perf"] * k, y=shown["oos_perf"] * k, mode="markers", marker=dict(size=3, opacity=0.4),
+                                 showlegend=False), row=1, col=2)
+        xs = np.array([sp["is_perf"].min(), sp["is_perf"].max()])
+        fig.add_trace(go.Scatter(x=xs * k, y=(self.intercept + self.slope * xs) * k, mode="lines", name=f"slope {self.slope:.2f}"), row=1, col=2)
+        fig.update_xaxes(title_text="λ", row=1, col=1); fig.update_xaxes(title_text=f"IS {self.metric} ({unit})", row=1, col=2)
+        fig.update_yaxes(title_text=f"OOS {self.metric} ({unit})", row=1, col=2)
         fig.update_layout(height=400, title="Probability of backtest overfitting (CSCV)")
         return fig
 
@@ -1178,7 +1193,7 @@ class ValidationResult:
         return t.loc[test] if test in t.index else None
 
     def summary(self) -> str:
-        "A referee's verdict in plain words, then the caveats the tests raise."
+        "Whether the Sharpe ratio exceeds zero, in plain words, then the caveats the tests raise (a benchmark-relative verdict is `benchmark_verdict`'s)."
         a, s = self.alpha, self.sharpe
         n = s.get("n_obs", 0)
         lines = [f"Statistical evidence for {self.name!r} ({n} periods, alpha {a:g})"]
@@ -1188,7 +1203,7 @@ class ValidationResult:
             sr_ci = self.bootstrap.conf_int(1 - a).loc["Sharpe ratio"]
         ann = s.get("sr", float("nan")) * math.sqrt(self.periods_per_year)
         if psr is None:
-            lines.append("Verdict: not assessable — the Sharpe ratio is undefined for this sample.")
+            lines.append("Absolute edge (Sharpe > 0; `benchmark_verdict` asks whether it beats a benchmark): not assessable, the Sharpe ratio is undefined for this sample.")
         else:
             ci_ok = sr_ci is not None and sr_ci.ci_low > 0
             if psr >= 1 - a and (dsr is None or dsr >= 1 - a) and ci_ok:
@@ -1199,7 +1214,7 @@ class ValidationResult:
                 v = "suggestive but not conclusive: the i.i.d. evidence is significant, the dependence-robust bootstrap interval is not"
             else:
                 v = "no evidence of an edge: the Sharpe ratio is not distinguishable from zero"
-            lines.append(f"Verdict: {v}.")
+            lines.append(f"Absolute edge (Sharpe > 0; `benchmark_verdict` asks whether it beats a benchmark): {v}.")
             lines.append(f"  Sharpe {ann:.2f} annualized; PSR(0) = {psr:.3f}" + (f", DSR = {dsr:.3f} after {s['n_trials']} trials" if dsr is not None else "")
                          + (f"; {1 - a:.0%} block-bootstrap CI [{sr_ci.ci_low:.2f}, {sr_ci.ci_high:.2f}]" if sr_ci is not None else "") + ".")
             mt = s.get("min_trl")
@@ -1370,3 +1385,188 @@ def validate_returns(
                        "power to detect Sharpe 2.0": sharpe_power(2.0, x.size, alpha, ppy),
                        "trades for win rate 0.55 (alpha, 80% power)": win_rate_sample_size(0.55, 0.5, alpha, 0.8)}, name="power")
     return ValidationResult(table, perf, boot, power, sh, float(alpha), ppy, name)
+
+# %% ../nbs/05_stats.ipynb #b7e1a002
+@dataclass(frozen=True, eq=False)
+class BenchmarkVerdict:
+    """Result of `benchmark_verdict`: does a strategy beat its benchmark after the search that produced it?
+
+    Attributes
+    ----------
+    passed : bool
+        True only when every test of `table` rejects its null at `alpha` after Holm's correction across them
+        (and, with trial returns, StepM counts the strategy itself superior).
+    verdict : str
+        "beats the benchmark" or "does not beat the benchmark".
+    evidence : str
+        One sentence naming the deciding evidence: the weakest test that still rejects when `passed`, else the
+        test that failed (the largest Holm p-value).
+    table : pd.DataFrame
+        One row per test: test, null_hypothesis, statistic, p_value, p_holm, decision, note.
+    figures : pd.Series
+        Every number behind the verdict (annualized excess return, tracking error, information ratio, Sharpe of
+        strategy and benchmark, SR0, the deflated information ratio, the p-values, trials, periods, ...)."""
+    name: str
+    benchmark_name: str
+    passed: bool
+    verdict: str
+    evidence: str
+    table: pd.DataFrame
+    figures: pd.Series
+    alpha: float
+
+    def summary(self) -> str:
+        return f"{self.name} vs {self.benchmark_name}: {self.verdict}. {self.evidence}"
+
+
+# %% ../nbs/05_stats.ipynb #b7e1a003
+def _annual_or_nan(x, ppy):
+    try: return sharpe_ratio(x, periods_per_year=ppy)
+    except (DataValidationError, ValueError): return float("nan")
+
+def _excess_ir(strategy: np.ndarray, benchmark: np.ndarray) -> float:
+    "Per-period information ratio mean(s - b) / std(s - b, ddof=1); NaN when the difference is constant."
+    d = strategy - benchmark
+    sd = float(np.std(d, ddof=1))
+    return float(np.mean(d)) / sd if sd > 0 else float("nan")
+
+def benchmark_verdict(
+    strategy_returns,  # (T,) simple per-period returns of the chosen strategy (Series or 1-D array)
+    benchmark_returns,  # (T,) simple per-period returns of the benchmark over the same periods (e.g. buy and hold)
+    *,
+    n_trials: int = 1,  # configurations searched to find the strategy (the grid's size)
+    trial_returns=None,  # (T, M) returns of every configuration searched; needed when n_trials > 1
+    alpha: float = 0.05,  # family-wise level of the verdict
+    periods_per_year: float = 252,
+    reps: int = 1000,  # stationary-bootstrap replications (SPA, StepM, mean-excess test)
+    block_size: int | None = None,  # None: arch's optimal_block_length of the excess returns
+    seed: int = DEFAULTS.seed,
+    name: str = "strategy",
+    benchmark_name: str = "benchmark",
+) -> BenchmarkVerdict:
+    """Does the strategy beat its benchmark once the search that produced it is accounted for?
+
+    Works on the excess returns e_t = r_t - b_t. The family of one-sided tests (H0: the strategy is no better
+    than the benchmark), Holm-adjusted together (`statsmodels.stats.multitest.multipletests`):
+
+    1. **Deflated information ratio**: the deflated Sharpe ratio (Bailey & Lopez de Prado 2014) of the excess
+       returns, SR0 the expected maximum information ratio of `n_trials` unskilled trials whose variance is that
+       of the trials' information ratios against the same benchmark; p = 1 - DIR.
+    2. **Bootstrap mean excess**: Hansen's SPA on the strategy alone (a studentized stationary-bootstrap test of
+       mean(e) <= 0, robust to dependence).
+    3. With `trial_returns`: **SPA over the search** (the strategy and every trial against the benchmark, on excess
+       returns scaled to unit standard deviation so the statistic is Hansen's largest t-statistic; 'consistent'
+       p-value), and Romano-Wolf **StepM** on the same, which must count the strategy itself superior.
+
+    The verdict passes only if every test rejects after Holm. The deciding evidence is the failing test with
+    the largest Holm p-value, or, when all reject, the weakest of them.
+
+    Raises
+    ------
+    DataValidationError
+        NaN/inf or losses below -100%, different lengths (also of `trial_returns`), fewer than 20 periods,
+        `alpha` outside (0, 1), `n_trials` < 1, or `n_trials` > 1 without `trial_returns` of at least 2 columns.
+
+    References
+    ----------
+    Bailey, D. H. and Lopez de Prado, M. (2014). The deflated Sharpe ratio. J. Portfolio Management 40(5), 94-107.
+    Hansen, P. R. (2005). A test for superior predictive ability. JBES 23(4), 365-380.
+    Romano, J. P. and Wolf, M. (2005). Stepwise multiple testing as formalized data snooping. Econometrica 73(4).
+    Holm, S. (1979). A simple sequentially rejective multiple test procedure. Scand. J. Statistics 6(2), 65-70."""
+    from arch.bootstrap import SPA, optimal_block_length
+    from statsmodels.stats.multitest import multipletests
+    x = _as_returns(strategy_returns, "strategy_returns", 20); b = _as_returns(benchmark_returns, "benchmark_returns", 20)
+    ppy = _check_ppy(periods_per_year)
+    if x.size != b.size: raise DataValidationError(f"`strategy_returns` ({x.size}) and `benchmark_returns` ({b.size}) differ in length", rule="length")
+    if not 0 < alpha < 1: raise DataValidationError(f"`alpha` must be in (0, 1); got {alpha}", rule="alpha")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, (int, np.integer)) or n_trials < 1:
+        raise DataValidationError(f"`n_trials` must be an integer >= 1; got {n_trials!r}", rule="n_trials")
+    R = None
+    if trial_returns is not None:
+        R = trial_returns if isinstance(trial_returns, pd.DataFrame) else pd.DataFrame(np.asarray(trial_returns, dtype=float))
+        if R.ndim != 2 or R.shape[0] != x.size or R.shape[1] < 2:
+            raise DataValidationError(f"`trial_returns` must be T x M with T = {x.size} and M >= 2; got shape {R.shape}", rule="shape")
+        if not np.isfinite(R.to_numpy(dtype=float)).all(): raise DataValidationError("`trial_returns` holds NaN/inf values", rule="finite")
+        n_trials = max(int(n_trials), R.shape[1])
+    elif n_trials > 1:
+        raise DataValidationError(f"n_trials={n_trials} needs `trial_returns` (the returns of every configuration searched)", rule="trial_returns")
+    e = x - b
+    fig: dict[str, Any] = {"periods": int(x.size), "trials": int(n_trials),
+                           "excess return (annualized, arithmetic)": float(np.mean(e)) * ppy,
+                           "tracking error (annualized)": float(np.std(e, ddof=1)) * math.sqrt(ppy),
+                           "Sharpe (annualized)": _annual_or_nan(x, ppy), f"{benchmark_name} Sharpe (annualized)": _annual_or_nan(b, ppy)}
+    if not np.std(e) > 0:
+        fig["information ratio (annualized)"] = float("nan")
+        tab = pd.DataFrame(columns=["test", "null_hypothesis", "statistic", "p_value", "p_holm", "decision", "note"])
+        return BenchmarkVerdict(name, benchmark_name, False, "does not beat the benchmark",
+                                f"Its returns equal {benchmark_name}'s in every period, so there is no excess return to test.",
+                                tab, pd.Series(fig, dtype=object), float(alpha))
+    ir = _excess_ir(x, b); fig["information ratio (annualized)"] = ir * math.sqrt(ppy)
+    if block_size is None:
+        block_size = max(1, int(round(float(optimal_block_length(e)["stationary"].iloc[0]))))
+    fig["bootstrap block (periods)"] = int(block_size)
+    rows = []
+    # 1. deflated information ratio
+    m = sharpe_moments(e)
+    v = 0.0
+    if R is not None:
+        irs = np.array([_excess_ir(R.iloc[:, j].to_numpy(float), b) for j in range(R.shape[1])])
+        irs = irs[np.isfinite(irs)]
+        v = float(np.var(irs, ddof=1)) if irs.size >= 2 else 0.0
+    sr0 = expected_max_sharpe(int(n_trials), v) if n_trials > 1 else 0.0
+    dir_ = probabilistic_sharpe_ratio(m["sr"], sr0, m["n_obs"], m["skew"], m["kurtosis"])
+    fig.update({"SR0 (annualized information ratio of the best unskilled trial)": sr0 * math.sqrt(ppy),
+                "deflated information ratio": dir_})
+    rows.append(dict(test="deflated information ratio", null_hypothesis=f"information ratio <= best of {n_trials} unskilled trials",
+                     statistic=ir * math.sqrt(ppy), p_value=1 - dir_,
+                     note=f"SR0 = {sr0 * math.sqrt(ppy):.3f} annualized from the variance of the {n_trials} trials' information ratios"))
+    # 2. bootstrap test of the mean excess return
+    spa1 = SPA(-b, -x[:, None], block_size=block_size, reps=reps, bootstrap="stationary", studentize=True, seed=seed); spa1.compute()
+    rows.append(dict(test="bootstrap mean excess (SPA on the strategy alone)", null_hypothesis=f"mean(strategy - {benchmark_name}) <= 0",
+                     statistic=float(np.mean(e)) * ppy, p_value=float(spa1.pvalues["consistent"]),
+                     note=f"studentized stationary bootstrap, block {block_size}, {reps} reps; statistic = annualized mean excess"))
+    stepm_ok = None
+    if R is not None:
+        # Hansen's studentized statistic max_k sqrt(T) mean(d_k) / sd(d_k): arch's SPA and StepM compare raw mean
+        # loss differences (studentization there only picks the columns to recentre), so the excess returns are
+        # scaled to unit standard deviation first and a noisy poor configuration cannot dominate the maximum.
+        from arch.bootstrap import StepM
+        D = pd.concat([pd.Series(e, name="__strategy__"), R.reset_index(drop=True).set_axis([str(c) for c in R.columns], axis=1).sub(b, axis=0)], axis=1)
+        D = D.loc[:, D.std(ddof=1) > 0]
+        Z = D / D.std(ddof=1)
+        zero = pd.Series(np.zeros(len(Z)))
+        spa = SPA(zero, -Z, block_size=block_size, reps=reps, bootstrap="stationary", studentize=True, seed=seed); spa.compute()
+        st = StepM(zero, -Z, size=alpha, block_size=block_size, reps=reps, bootstrap="stationary", studentize=True, seed=seed); st.compute()
+        sup = [str(m) for m in st.superior_models]
+        stepm_ok = "__strategy__" in sup
+        p_spa = float(spa.pvalues["consistent"])
+        fig.update({"SPA p (strategy and trials)": p_spa,
+                    "StepM: configurations superior": int(len([m for m in sup if m != "__strategy__"])),
+                    "StepM: strategy superior": bool(stepm_ok)})
+        rows.append(dict(test="SPA over the search", null_hypothesis=f"no configuration (nor the strategy) beats {benchmark_name}",
+                         statistic=float(Z.mean().max() * math.sqrt(len(Z))), p_value=p_spa,
+                         note=f"{Z.shape[1]} series; statistic = largest t-statistic of the mean excess return; StepM: strategy "
+                              + ("superior" if stepm_ok else "not superior") + f" at FWER {alpha:g}"))
+    tab = pd.DataFrame(rows)
+    tab["p_holm"] = multipletests(tab.p_value.to_numpy(float), alpha=alpha, method="holm")[1]
+    tab["decision"] = np.where(tab.p_holm < alpha, "reject H0", "do not reject")
+    tab = tab[["test", "null_hypothesis", "statistic", "p_value", "p_holm", "decision", "note"]]
+    for _, r in tab.iterrows(): fig[f"p ({r.test})"], fig[f"Holm p ({r.test})"] = float(r.p_value), float(r.p_holm)
+    rejected = bool((tab.p_holm < alpha).all()) and stepm_ok is not False
+    k = len(tab)
+    if rejected:
+        w = tab.loc[tab.p_holm.idxmax()]
+        ev = (f"Every test rejects at {alpha:g} after Holm over {k}; the weakest, {w.test}, has Holm p = {w.p_holm:.3g}"
+              f" (annualized excess return {fig['excess return (annualized, arithmetic)']:.2%}, information ratio "
+              f"{fig['information ratio (annualized)']:.2f}, {n_trials} trial(s)).")
+    elif (tab.p_holm < alpha).all():   # every p rejects but StepM does not single the strategy out
+        ev = (f"SPA and the other tests reject, but StepM does not count the strategy itself superior to {benchmark_name} "
+              f"at FWER {alpha:g} among the {n_trials} configurations searched.")
+    else:
+        w = tab.loc[tab.p_holm.idxmax()]
+        ev = (f"Decided by the {w.test}: Holm p = {w.p_holm:.3g} (raw {w.p_value:.3g}) over {k} tests, "
+              f"annualized excess return {fig['excess return (annualized, arithmetic)']:.2%} and information ratio "
+              f"{fig['information ratio (annualized)']:.2f} against {benchmark_name} after {n_trials} trial(s).")
+    return BenchmarkVerdict(name, benchmark_name, rejected, "beats the benchmark" if rejected else "does not beat the benchmark",
+                            ev, tab, pd.Series(fig, dtype=object), float(alpha))
+

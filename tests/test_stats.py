@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -72,3 +73,46 @@ def test_pbo_noise_and_dominant():
     assert np.mean(pbos) > 0.4
     R = rng.normal(0, 0.01, (1000, 30)); R[:, 3] += 0.004
     assert probability_of_backtest_overfitting(R, n_blocks=10).pbo < 0.05
+
+
+def _bench_case(seed, T=1500, M=16, mu=0.0004):
+    rng = np.random.default_rng(seed)
+    bh = rng.normal(mu, 0.012, T)
+    grid = pd.DataFrame({f"c{j}": bh * rng.uniform(0.3, 1.0) + rng.normal(0, 0.004, T) for j in range(M)})
+    return rng, bh, grid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_benchmark_verdict_planted_edge_noise_and_a_loser(seed):
+    "A planted 0.06%/day edge passes after 16 trials; benchmark + noise fails; Sharpe > 0 but below the benchmark fails."
+    from ptrader.stats import benchmark_verdict
+    rng, bh, grid = _bench_case(seed)
+    edge = bh + 0.0006 + rng.normal(0, 0.004, len(bh))
+    v = benchmark_verdict(edge, bh, n_trials=16, trial_returns=grid, reps=300, seed=seed)
+    assert v.passed and (v.table.p_holm < 0.05).all() and "Every test rejects" in v.evidence
+    noise = bh + rng.normal(0, 0.004, len(bh))
+    v2 = benchmark_verdict(noise, bh, n_trials=16, trial_returns=grid, reps=300, seed=seed)
+    assert not v2.passed and v2.evidence.startswith("Decided by the ")
+    rng, bh, grid = _bench_case(seed, mu=0.0012)   # a strong benchmark (30% a year): half of it still has Sharpe > 0
+    lag = 0.5 * bh + rng.normal(0, 0.002, len(bh))
+    v3 = benchmark_verdict(lag, bh, n_trials=16, trial_returns=grid, reps=300, seed=seed)
+    assert v3.figures["Sharpe (annualized)"] > 0 and not v3.passed
+
+
+def test_benchmark_verdict_single_strategy_against_references():
+    "n_trials=1: the deflated information ratio is PSR(0) of the excess returns; the bootstrap row is arch's SPA itself."
+    from arch.bootstrap import SPA
+    from ptrader.stats import benchmark_verdict, probabilistic_sharpe_ratio, sharpe_moments
+    rng, bh, grid = _bench_case(7, T=800)
+    s = bh + 0.0003 + rng.normal(0, 0.005, len(bh))
+    v = benchmark_verdict(s, bh, reps=400, block_size=4, seed=3)
+    assert list(v.table.test) == ["deflated information ratio", "bootstrap mean excess (SPA on the strategy alone)"]
+    m = sharpe_moments(s - bh)
+    assert v.figures["deflated information ratio"] == pytest.approx(probabilistic_sharpe_ratio(m["sr"], 0.0, m["n_obs"], m["skew"], m["kurtosis"]), abs=1e-12)
+    spa = SPA(-bh, -s[:, None], block_size=4, reps=400, bootstrap="stationary", studentize=True, seed=3); spa.compute()
+    assert v.table.p_value.iloc[1] == pytest.approx(float(spa.pvalues["consistent"]), abs=1e-12)
+    # more trials raise the bar: the deflated information ratio falls
+    v16 = benchmark_verdict(s, bh, n_trials=16, trial_returns=grid.iloc[:800], reps=400, block_size=4, seed=3)
+    assert v16.figures["deflated information ratio"] < v.figures["deflated information ratio"]
+    with pytest.raises(ValueError, match="needs `trial_returns`"):
+        benchmark_verdict(s, bh, n_trials=5)
