@@ -23,15 +23,17 @@ _logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['RISK_RULES', 'R_OK', 'R_KILL', 'R_RESTRICTED', 'R_HALTED', 'R_REDUCING', 'R_RATE', 'R_DUP', 'R_QTY', 'R_NOTIONAL',
-           'R_POSITION', 'R_GROSS', 'R_COLLAR', 'R_DRAWDOWN', 'R_LOSS', 'R_RESET', 'R_CASH', 'EV_REJECTED', 'EV_STATE',
-           'EV_KILL', 'EV_CANCELLED', 'L_NOTIONAL', 'L_QTY', 'L_POS', 'L_GROSS', 'L_COLLAR', 'L_DUP_NS', 'L_RATE_N',
-           'L_RATE_NS', 'L_DD_WARN', 'L_DD_HALT', 'L_DAY', 'L_WEEK', 'S_STATE', 'S_KILLED', 'S_PEAK', 'S_DAY_START',
-           'S_WEEK_START', 'S_DAY', 'S_WEEK', 'S_DD_HALT', 'S_LOSS_HALT', 'S_LAST_EQ', 'S_HEAD', 'S_TAIL', 'S_VOID',
-           'OrderType', 'TimeInForce', 'OrderStatus', 'RiskState', 'EventKind', 'Order', 'Event', 'EventLog',
-           'FixedBpsSlippage', 'ATRSlippage', 'VolumeShareSlippage', 'PerShareCommission', 'PercentCommission',
-           'FixedCommission', 'Position', 'Portfolio', 'RiskLimits', 'RiskManager', 'PaperBroker', 'risk_limits_array',
-           'risk_calendar', 'risk_new_state_nb', 'risk_emit_nb', 'risk_on_mark_nb', 'risk_mark_nb', 'risk_kill_nb',
-           'risk_reset_nb', 'risk_submit_nb', 'risk_void_last_nb', 'risk_fill_nb', 'risk_events_frame']
+           'R_POSITION', 'R_GROSS', 'R_COLLAR', 'R_DRAWDOWN', 'R_LOSS', 'R_RESET', 'R_CASH', 'R_REVIEW', 'R_CLOSE_ALL',
+           'R_REDUCE', 'EV_REJECTED', 'EV_STATE', 'EV_KILL', 'EV_CANCELLED', 'EV_ACTION', 'L_NOTIONAL', 'L_QTY',
+           'L_POS', 'L_GROSS', 'L_COLLAR', 'L_DUP_NS', 'L_RATE_N', 'L_RATE_NS', 'L_DD_WARN', 'L_DD_HALT', 'L_DAY',
+           'L_WEEK', 'L_ON_HALT', 'L_ON_WARN', 'L_REDUCE_FRAC', 'L_REVIEW', 'S_STATE', 'S_KILLED', 'S_PEAK',
+           'S_DAY_START', 'S_WEEK_START', 'S_DAY', 'S_WEEK', 'S_DD_HALT', 'S_DAY_HALT', 'S_LAST_EQ', 'S_HEAD', 'S_TAIL',
+           'S_VOID', 'S_WEEK_HALT', 'S_CALM', 'OrderType', 'TimeInForce', 'OrderStatus', 'RiskState', 'EventKind',
+           'Order', 'Event', 'EventLog', 'FixedBpsSlippage', 'ATRSlippage', 'VolumeShareSlippage', 'PerShareCommission',
+           'PercentCommission', 'FixedCommission', 'Position', 'Portfolio', 'RiskAction', 'RiskLimits', 'RiskManager',
+           'PaperBroker', 'risk_limits_array', 'risk_calendar', 'risk_new_state_nb', 'risk_emit_nb', 'risk_on_mark_nb',
+           'risk_action_nb', 'risk_mark_nb', 'risk_kill_nb', 'risk_reset_nb', 'risk_submit_nb', 'risk_void_last_nb',
+           'risk_fill_nb', 'risk_events_frame']
 
 # %% ../nbs/06b_broker.ipynb #3c03280b
 class OrderType(str, Enum):
@@ -49,7 +51,7 @@ class RiskState(str, Enum):
 
 class EventKind(str, Enum):
     SUBMITTED = "submitted"; ACCEPTED = "accepted"; FILL = "fill"; REJECTED = "rejected"; CANCELLED = "cancelled"
-    EXPIRED = "expired"; STATE = "state_change"; KILL_SWITCH = "kill_switch"
+    EXPIRED = "expired"; STATE = "state_change"; KILL_SWITCH = "kill_switch"; RISK_ACTION = "risk_action"
 
 @dataclass(frozen=True)
 class Order:
@@ -193,6 +195,19 @@ class Portfolio:
         return pd.DataFrame.from_dict(rows, orient="index")
 
 # %% ../nbs/06b_broker.ipynb #e37be19d
+class RiskAction(str, Enum):
+    """What the risk manager does by itself when a circuit breaker trips (`RiskLimits.on_halt`, `on_warn`).
+
+    * `BLOCK`: no order of its own; the state only blocks new orders by its submission rule (REDUCING:
+      orders that do not shrink a position; HALTED: every new order, working stops kept). The behaviour
+      before automatic actions existed.
+    * `REDUCE_POSITIONS`: sell `RiskLimits.reduce_fraction` of every open position.
+    * `CLOSE_ALL_POSITIONS`: sell every open position.
+
+    The orders are market orders submitted at the close where the breaker tripped and filled at each
+    symbol's next open, with the broker's slippage and commission, like any other order (no look-ahead)."""
+    BLOCK = "block"; REDUCE_POSITIONS = "reduce_positions"; CLOSE_ALL_POSITIONS = "close_all_positions"
+
 @dataclass(frozen=True)
 class RiskLimits:
     """The limits a `RiskManager` (and the Numba backtesters of `ptrader.execution` / `ptrader.portfolio`)
@@ -200,8 +215,29 @@ class RiskLimits:
     limit off. `RiskLimits.permissive()` turns off every limit except the ones the books cannot do without
     (no short without `allow_short`, no negative cash without `margin`).
 
+    Circuit breakers (checked on the equity marked at each close):
+
+    * drawdown from the high-water mark >= `dd_warn`: REDUCING, and `on_warn` acts once at the trip;
+    * drawdown >= `dd_halt`: HALTED until a `reset` or the end of a review (below); `on_halt` acts;
+    * loss since the previous day's last mark >= `daily_loss`: HALTED for the rest of that calendar day;
+    * loss since the previous ISO week's last mark >= `weekly_loss`: HALTED for the rest of that ISO week.
+
+    Review (`review_bars`): after `review_bars` marks without a new breach (a breaker tripping, or the
+    state getting worse) while the book is not ACTIVE and no daily/weekly halt is in force, the drawdown
+    halt is lifted, the high-water mark restarts at the equity of that mark, and the state returns to
+    ACTIVE (a `review` state change). `None` disables it: a drawdown halt then lasts until `reset()`, and
+    a flat book measured against its old peak stays REDUCING or HALTED for good.
+
+    Live defaults, and why: a halt that only blocks new orders leaves the losing book open (buy and hold
+    HALTED at a 15% drawdown in 2002 went on to lose 57%), so the halt closes every position
+    (`CLOSE_ALL_POSITIONS`); the warning halves risk (`REDUCE_POSITIONS`, `reduce_fraction=0.5`) rather than
+    only refusing new entries; and `review_bars=21` (about one trading month of daily bars) stands for the
+    review a desk holds before a halted book trades again, after which drawdowns count from the equity the
+    review accepted.
+
     Raises `ValueError` naming the field when a limit is NaN, negative, or (for fractions of equity that
-    make no sense at zero) not positive."""
+    make no sense at zero) not positive, when an action is not a `RiskAction`, when `reduce_fraction` is
+    outside (0, 1] or `review_bars` is not None or an integer >= 1."""
     max_order_notional: float = 1e6     # quote currency per order
     max_order_qty: float = 1e6          # units per order
     max_position_frac: float = 1.0      # |position value| / equity after the fill
@@ -211,12 +247,16 @@ class RiskLimits:
     max_orders_per_window: int = 1_000  # accepted orders per `rate_window_s`
     rate_window_s: float = 86_400.0
     restricted: frozenset = frozenset() # symbols that may not be traded at all
-    dd_warn: float = 0.10               # drawdown from the equity peak that puts the book in REDUCING
-    dd_halt: float = 0.15               # drawdown that HALTs trading until `reset`
+    dd_warn: float = 0.10               # drawdown from the high-water mark that puts the book in REDUCING
+    dd_halt: float = 0.15               # drawdown that HALTs trading until `reset` or the end of the review
     daily_loss: float = 0.05            # loss since the previous day's last mark that HALTs for the rest of the day
     weekly_loss: float = 0.10           # loss since the previous ISO week's last mark that HALTs for the rest of the week
     allow_short: bool = False
     margin: bool = False                # without it, cash may never go negative
+    on_halt: RiskAction = RiskAction.CLOSE_ALL_POSITIONS  # automatic action when the book becomes HALTED
+    on_warn: RiskAction = RiskAction.REDUCE_POSITIONS     # automatic action when the book goes from ACTIVE to REDUCING
+    reduce_fraction: float = 0.5        # fraction of each position that REDUCE_POSITIONS sells, in (0, 1]
+    review_bars: int | None = 21        # marks without a new breach that end a halt / warning; None: never
 
     def __post_init__(self):
         for name in ("max_order_notional", "max_order_qty", "max_position_frac", "max_gross_exposure_frac", "price_collar",
@@ -231,23 +271,37 @@ class RiskLimits:
         if isinstance(self.restricted, str) or not all(isinstance(x, str) for x in self.restricted):
             raise ValueError(f"RiskLimits.restricted must be a set of symbol strings; got {self.restricted!r}")
         object.__setattr__(self, "restricted", frozenset(self.restricted))
+        for name in ("on_halt", "on_warn"):
+            try: object.__setattr__(self, name, RiskAction(getattr(self, name)))
+            except ValueError:
+                raise ValueError(f"RiskLimits.{name} must be one of {[a.value for a in RiskAction]}; got {getattr(self, name)!r}") from None
+        f = self.reduce_fraction
+        if not (isinstance(f, (int, float, np.integer, np.floating)) and 0 < f <= 1):
+            raise ValueError(f"RiskLimits.reduce_fraction must lie in (0, 1]; got {f!r}")
+        r = self.review_bars
+        if r is not None and not (isinstance(r, (int, np.integer)) and not isinstance(r, bool) and r >= 1):
+            raise ValueError(f"RiskLimits.review_bars must be None or an integer >= 1; got {r!r}")
 
     @classmethod
     def permissive(cls, **overrides) -> "RiskLimits":
-        """Every limit off (`inf`), no duplicate window, nothing restricted; the book rules stay (long
-        only and cash >= 0 unless `allow_short` / `margin`). For reference runs that must match an engine
-        without risk controls (vectorbt); `overrides` set individual limits."""
+        """Every limit off (`inf`), no duplicate window, nothing restricted, no automatic action (`BLOCK`)
+        and no review; the book rules stay (long only and cash >= 0 unless `allow_short` / `margin`). For
+        reference runs that must match an engine without risk controls (vectorbt); `overrides` set
+        individual limits (a breaker turned on this way only blocks, unless its action is set too)."""
         inf = math.inf
         kw = dict(max_order_notional=inf, max_order_qty=inf, max_position_frac=inf, max_gross_exposure_frac=inf,
                   price_collar=inf, duplicate_window_s=0.0, max_orders_per_window=inf, rate_window_s=inf,
-                  dd_warn=inf, dd_halt=inf, daily_loss=inf, weekly_loss=inf)
+                  dd_warn=inf, dd_halt=inf, daily_loss=inf, weekly_loss=inf, on_halt=RiskAction.BLOCK,
+                  on_warn=RiskAction.BLOCK, review_bars=None)
         kw.update(overrides)
         return cls(**kw)
 
     def as_dict(self) -> dict:
-        "The limits as a plain dict (the `restricted` set as a sorted list), for result params and audit records."
+        """The limits as a plain dict (the `restricted` set as a sorted list, actions as their names), for
+        result params and audit records."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["restricted"] = sorted(self.restricted)
+        d["on_halt"] = self.on_halt.value; d["on_warn"] = self.on_warn.value
         return d
 
 class RiskManager:
@@ -256,7 +310,9 @@ class RiskManager:
         self.limits = limits; self.log = log if log is not None else EventLog()
         self.state = RiskState.ACTIVE; self.killed = False
         self.peak = math.nan; self.day_start = math.nan; self.week_start = math.nan
-        self._day = None; self._week = None; self._dd_halt = False; self._loss_halt = False
+        self._day = None; self._week = None; self._last_eq = math.nan
+        self._dd_halt = False; self._day_halt = False; self._week_halt = False
+        self._calm = 0                  # marks since the last breach (the review's clock)
         self._recent: deque = deque()
 
     # --- pre-trade
@@ -343,33 +399,60 @@ class RiskManager:
 
     # --- circuit breakers
     def on_mark(self, ts, equity: float) -> None:
-        "Update peak / day / week reference equity and the state after a bar has been marked."
+        """Update the high-water mark, the day / week reference equity, the halts and the state after a bar
+        has been marked at `equity` (the rules in the `RiskLimits` docstring). A state change is logged
+        with the rule that made it: `drawdown` or `loss_limit` (into HALTED: the halt's cause; out of it:
+        the lifted daily/weekly halt), `review` at the end of a review."""
         ts = pd.Timestamp(ts); L = self.limits
         day, week = ts.normalize(), tuple(ts.isocalendar()[:2])
-        if day != self._day: self._day = day; self.day_start = self._last_eq if hasattr(self, "_last_eq") else equity; self._loss_halt = False
-        if week != self._week: self._week = week; self.week_start = self._last_eq if hasattr(self, "_last_eq") else equity
+        last = self._last_eq if math.isfinite(self._last_eq) else equity
+        if day != self._day: self._day = day; self.day_start = last; self._day_halt = False
+        if week != self._week: self._week = week; self.week_start = last; self._week_halt = False
         self._last_eq = equity
         self.peak = equity if not math.isfinite(self.peak) else max(self.peak, equity)
         dd = 1 - equity / self.peak
-        if dd >= L.dd_halt: self._dd_halt = True
-        if equity / self.day_start - 1 <= -L.daily_loss or equity / self.week_start - 1 <= -L.weekly_loss: self._loss_halt = True
-        new = (RiskState.HALTED if (self._dd_halt or self._loss_halt) else
-               RiskState.REDUCING if dd >= L.dd_warn else RiskState.ACTIVE)
+        breach = False
+        if dd >= L.dd_halt and not self._dd_halt: self._dd_halt = breach = True
+        if equity / self.day_start - 1 <= -L.daily_loss and not self._day_halt: self._day_halt = breach = True
+        if equity / self.week_start - 1 <= -L.weekly_loss and not self._week_halt: self._week_halt = breach = True
+        new = self._state_for(dd)
+        review = False
+        if _LEVEL[new] > _LEVEL[self.state]: breach = True
+        if breach: self._calm = 0
+        else:
+            self._calm += 1
+            if (L.review_bars is not None and new != RiskState.ACTIVE and self._calm >= L.review_bars
+                    and not (self._day_halt or self._week_halt)):
+                self._dd_halt = False; self.peak = equity; dd = 0.0; new = RiskState.ACTIVE; review = True
         if new != self.state:
-            # the rule that moved the state: into HALTED the halt's cause; out of HALTED a lifted loss limit
-            # (a drawdown halt only ends by `reset`); between ACTIVE and REDUCING the drawdown warning
-            rule = (("drawdown" if self._dd_halt else "loss_limit") if new == RiskState.HALTED else
+            rule = ("review" if review else
+                    ("drawdown" if self._dd_halt else "loss_limit") if new == RiskState.HALTED else
                     "loss_limit" if self.state == RiskState.HALTED else "drawdown")
             self.log.emit(ts, EventKind.STATE, state_from=self.state.value, state_to=new.value, rule=rule,
                           reason=f"equity {equity:.2f}, drawdown {dd:.2%}")
             self.state = new
 
+    def _state_for(self, dd: float) -> RiskState:
+        if self._dd_halt or self._day_halt or self._week_halt: return RiskState.HALTED
+        return RiskState.REDUCING if dd >= self.limits.dd_warn else RiskState.ACTIVE
+
+    def action(self, state_from: RiskState, state_to: RiskState) -> tuple[RiskAction, float]:
+        """The automatic action of a state change and the fraction of each position it sells: `on_halt`
+        on any change into HALTED, `on_warn` on ACTIVE -> REDUCING, else `(BLOCK, 0.0)`."""
+        L = self.limits
+        a = (L.on_halt if state_to == RiskState.HALTED and state_from != RiskState.HALTED else
+             L.on_warn if state_to == RiskState.REDUCING and state_from == RiskState.ACTIVE else RiskAction.BLOCK)
+        return a, (1.0 if a == RiskAction.CLOSE_ALL_POSITIONS else L.reduce_fraction if a == RiskAction.REDUCE_POSITIONS else 0.0)
+
     def reset(self, ts) -> None:
-        "Human reset: clears a drawdown halt and the kill switch (the peak restarts at the current equity)."
-        self._dd_halt = False; self.killed = False
-        if hasattr(self, "_last_eq"): self.peak = self._last_eq
+        """Human reset: clears every halt (drawdown, daily, weekly) and the kill switch; the high-water
+        mark and the day and week reference equity restart at the last marked equity."""
+        self._dd_halt = self._day_halt = self._week_halt = False; self.killed = False; self._calm = 0
+        if math.isfinite(self._last_eq): self.peak = self.day_start = self.week_start = self._last_eq
         self.log.emit(ts, EventKind.STATE, state_from=self.state.value, state_to=RiskState.ACTIVE.value, rule="reset", reason="manual reset")
         self.state = RiskState.ACTIVE
+
+_LEVEL = {RiskState.ACTIVE: 0, RiskState.REDUCING: 1, RiskState.HALTED: 2}
 
 # %% ../nbs/06b_broker.ipynb #65ae11c4
 @dataclass
@@ -387,6 +470,8 @@ class _Working:
     session: pd.Timestamp | None = None
     children: tuple = ()
     active: bool = True         # bracket children are inactive until the parent fills
+
+_RISK_TAGS = frozenset(a.value for a in RiskAction if a != RiskAction.BLOCK)
 
 class PaperBroker:
     """Paper broker on OHLC bars with a mandatory `RiskManager`.
@@ -492,8 +577,9 @@ class PaperBroker:
 
     def process_bar(self, ts, bars: Mapping[str, Mapping[str, float]]) -> None:
         """Advance one bar: expire DAY orders of an earlier session, fill eligible orders against this bar
-        (order of arrival; stop-loss children before take-profit children), mark to the close, update the
-        ATR, run the circuit breakers."""
+        (the risk manager's own orders first, then order of arrival with stop-loss children before
+        take-profit children), mark to the close, update the ATR, run the circuit breakers and, when one
+        trips, their automatic action (`RiskLimits.on_halt` / `on_warn`)."""
         ts = pd.Timestamp(ts); self._bar += 1
         for oid, w in list(self.orders.items()):
             if w.status not in (OrderStatus.WORKING, OrderStatus.PARTIAL) or not w.active: continue
@@ -504,7 +590,7 @@ class PaperBroker:
             live = [w for w in self.orders.values() if w.status in (OrderStatus.WORKING, OrderStatus.PARTIAL)
                     and w.active and w.eligible_from <= self._bar and w.order.symbol in bars and w.id not in done]
             if not live: break
-            live.sort(key=lambda w: (w.order.tag == "take_profit", w.id))
+            live.sort(key=lambda w: (w.order.tag not in _RISK_TAGS, w.order.tag == "take_profit", w.id))
             for w in live:
                 done.add(w.id)
                 if w.status not in (OrderStatus.WORKING, OrderStatus.PARTIAL): continue   # cancelled by an OCO sibling
@@ -524,6 +610,35 @@ class PaperBroker:
             for oid, w in list(self.orders.items()):
                 if w.status in (OrderStatus.WORKING, OrderStatus.PARTIAL) and w.order.parent_id is None:
                     self._cancel(oid, ts, "circuit breaker HALTED")
+        action, frac = self.risk.action(prev, self.risk.state)
+        if action != RiskAction.BLOCK: self._risk_action(ts, action, frac)
+
+    def _risk_action(self, ts, action: RiskAction, frac: float) -> None:
+        """The risk manager's own orders at a breaker trip: for every open position a market order selling
+        `frac` of it (all of it for `CLOSE_ALL_POSITIONS`), filled at the symbol's next open before any other
+        order of that bar, logged as a `risk_action` event. A working risk order of the symbol is replaced;
+        closing all cancels the position's bracket children. With the kill switch engaged the action is
+        rejected (`kill_switch`). Risk orders skip the submission rules (they only shrink positions) and
+        pass the fill-time checks like any order."""
+        tag = action.value
+        for sym, p in list(self.portfolio.positions.items()):
+            if p.qty == 0: continue
+            if self.risk.killed:
+                self.log.emit(ts, EventKind.REJECTED, symbol=sym, side=-int(np.sign(p.qty)), qty=abs(p.qty) * frac,
+                              rule="kill_switch", reason=f"{tag}: kill switch is engaged")
+                continue
+            for oid, w in list(self.orders.items()):
+                if w.order.symbol == sym and w.order.tag in _RISK_TAGS and w.status in (OrderStatus.WORKING, OrderStatus.PARTIAL):
+                    self._cancel(oid, ts, f"replaced by {tag}")
+                if (action == RiskAction.CLOSE_ALL_POSITIONS and w.order.symbol == sym and w.order.parent_id is not None
+                        and w.active and w.status == OrderStatus.WORKING):
+                    self._cancel(oid, ts, f"position closed by {tag}")
+            qty = abs(p.qty) if action == RiskAction.CLOSE_ALL_POSITIONS else abs(p.qty) * frac
+            side = -int(np.sign(p.qty)); oid = next(self._ids)
+            self.log.emit(ts, EventKind.SUBMITTED, order_id=oid, symbol=sym, side=side, qty=qty)
+            self.orders[oid] = _Working(oid, Order(sym, side, qty, tag=tag), pd.Timestamp(ts), self._bar + 1)
+            self.log.emit(ts, EventKind.RISK_ACTION, order_id=oid, symbol=sym, side=side, qty=qty, rule=tag,
+                          reason=f"{self.risk.state.value}: {tag} ({frac:.0%} of {abs(p.qty):.6g})")
 
     def _trigger_price(self, w: _Working, bar) -> float:
         "Price at which `w` would fill on this bar before slippage, or NaN (the fill-rule table)."
@@ -551,16 +666,18 @@ class PaperBroker:
         od = w.order; sym = od.symbol
         ref = self._trigger_price(w, bar)
         if math.isnan(ref): return
-        q_avail, slip = self.slippage(od.qty - w.filled, bar, self.atr(sym))
+        want = od.qty - w.filled
+        if od.parent_id is not None:   # a bracket child closes at most what is left of the position
+            if abs(self.portfolio.qty(sym)) < 1e-12:
+                self._cancel(w.id, ts, "nothing left to close"); return
+            want = min(want, abs(self.portfolio.qty(sym)))
+        q_avail, slip = self.slippage(want, bar, self.atr(sym))
         if q_avail <= 0: return
         px = ref * (1 + od.side * slip)
         if od.type == OrderType.LIMIT or (od.type == OrderType.STOP_LIMIT and w.triggered):
             px = min(px, od.limit_price) if od.side == 1 else max(px, od.limit_price)
         cum_q = w.filled + q_avail; cum_v = w.value + q_avail * px
-        fee = max(self.commission.total(cum_q, cum_v) - w.fees, 0.0)
-        if od.parent_id is not None and abs(self.portfolio.qty(sym)) < 1e-12:
-            self._cancel(w.id, ts, "nothing left to close"); return
-        if od.parent_id is not None: q_avail = min(q_avail, abs(self.portfolio.qty(sym)))
+        fee = max(self.commission.total(cum_q, cum_v) - w.fees, 0.0)   # on the quantity that fills
         bad = self.risk.check_fill(sym, od.side, q_avail, px, fee, self.portfolio)
         if bad:
             w.status = OrderStatus.REJECTED
@@ -569,7 +686,8 @@ class PaperBroker:
             return
         self.portfolio.apply_fill(sym, od.side, q_avail, px, fee)
         w.filled = cum_q; w.value = cum_v; w.fees += fee
-        w.status = OrderStatus.FILLED if w.filled >= od.qty * (1 - 1e-12) else OrderStatus.PARTIAL
+        done = w.filled >= od.qty * (1 - 1e-12) or (od.parent_id is not None and abs(self.portfolio.qty(sym)) < 1e-12)
+        w.status = OrderStatus.FILLED if done else OrderStatus.PARTIAL
         self.log.emit(ts, EventKind.FILL, order_id=w.id, symbol=sym, side=od.side, qty=q_avail, price=px, fees=fee,
                       reason=od.tag or od.type.value)
         if w.children:   # activate bracket children
@@ -595,25 +713,30 @@ class PaperBroker:
 # %% ../nbs/06b_broker.ipynb #9efb638d
 RISK_RULES = ("", "kill_switch", "restricted_symbol", "circuit_breaker_halted", "circuit_breaker_reducing",
               "order_rate", "duplicate_order", "max_order_qty", "max_order_notional", "max_position",
-              "max_gross_exposure", "price_collar", "drawdown", "loss_limit", "reset", "insufficient_cash")
+              "max_gross_exposure", "price_collar", "drawdown", "loss_limit", "reset", "insufficient_cash",
+              "review", "close_all_positions", "reduce_positions")
 (R_OK, R_KILL, R_RESTRICTED, R_HALTED, R_REDUCING, R_RATE, R_DUP, R_QTY, R_NOTIONAL, R_POSITION, R_GROSS,
- R_COLLAR, R_DRAWDOWN, R_LOSS, R_RESET, R_CASH) = range(len(RISK_RULES))
-EV_REJECTED, EV_STATE, EV_KILL, EV_CANCELLED = 0, 1, 2, 3
+ R_COLLAR, R_DRAWDOWN, R_LOSS, R_RESET, R_CASH, R_REVIEW, R_CLOSE_ALL, R_REDUCE) = range(len(RISK_RULES))
+EV_REJECTED, EV_STATE, EV_KILL, EV_CANCELLED, EV_ACTION = 0, 1, 2, 3, 4
 _EV_KINDS = {EV_REJECTED: EventKind.REJECTED, EV_STATE: EventKind.STATE, EV_KILL: EventKind.KILL_SWITCH,
-             EV_CANCELLED: EventKind.CANCELLED}
+             EV_CANCELLED: EventKind.CANCELLED, EV_ACTION: EventKind.RISK_ACTION}
+_ACTION_CODES = {RiskAction.BLOCK: R_OK, RiskAction.CLOSE_ALL_POSITIONS: R_CLOSE_ALL, RiskAction.REDUCE_POSITIONS: R_REDUCE}
 _STATES = (RiskState.ACTIVE, RiskState.REDUCING, RiskState.HALTED)
 # limits array
-(L_NOTIONAL, L_QTY, L_POS, L_GROSS, L_COLLAR, L_DUP_NS, L_RATE_N, L_RATE_NS, L_DD_WARN, L_DD_HALT, L_DAY, L_WEEK) = range(12)
+(L_NOTIONAL, L_QTY, L_POS, L_GROSS, L_COLLAR, L_DUP_NS, L_RATE_N, L_RATE_NS, L_DD_WARN, L_DD_HALT, L_DAY, L_WEEK,
+ L_ON_HALT, L_ON_WARN, L_REDUCE_FRAC, L_REVIEW) = range(16)
 # state array
-(S_STATE, S_KILLED, S_PEAK, S_DAY_START, S_WEEK_START, S_DAY, S_WEEK, S_DD_HALT, S_LOSS_HALT, S_LAST_EQ,
- S_HEAD, S_TAIL, S_VOID) = range(13)
+(S_STATE, S_KILLED, S_PEAK, S_DAY_START, S_WEEK_START, S_DAY, S_WEEK, S_DD_HALT, S_DAY_HALT, S_LAST_EQ,
+ S_HEAD, S_TAIL, S_VOID, S_WEEK_HALT, S_CALM) = range(15)
 
 def risk_limits_array(limits: RiskLimits) -> np.ndarray:
-    "The numeric limits of `limits` as the `(12,)` float64 array the Numba rules read (windows in ns)."
+    """The numeric limits of `limits` as the `(16,)` float64 array the Numba rules read: windows in ns, the
+    breaker actions as rule codes (`R_OK` = block only, `R_REDUCE`, `R_CLOSE_ALL`), no review as `inf`."""
     L = limits
     return np.array([L.max_order_notional, L.max_order_qty, L.max_position_frac, L.max_gross_exposure_frac,
                      L.price_collar, L.duplicate_window_s * 1e9, float(L.max_orders_per_window), L.rate_window_s * 1e9,
-                     L.dd_warn, L.dd_halt, L.daily_loss, L.weekly_loss], dtype=np.float64)
+                     L.dd_warn, L.dd_halt, L.daily_loss, L.weekly_loss, _ACTION_CODES[L.on_halt], _ACTION_CODES[L.on_warn],
+                     L.reduce_fraction, math.inf if L.review_bars is None else float(L.review_bars)], dtype=np.float64)
 
 def risk_calendar(index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`(ts_ns, day, week)` int64 arrays of a bar index: nanosecond timestamps, the day (`ts.normalize()`)
@@ -627,7 +750,7 @@ def risk_calendar(index: pd.DatetimeIndex) -> tuple[np.ndarray, np.ndarray, np.n
 @njit(cache=True)
 def risk_new_state_nb() -> np.ndarray:
     "A fresh book's risk state: ACTIVE, not killed, no peak, no marks, empty order-rate queue."
-    st = np.zeros(13)
+    st = np.zeros(15)
     st[S_PEAK] = np.nan; st[S_DAY_START] = np.nan; st[S_WEEK_START] = np.nan; st[S_LAST_EQ] = np.nan
     st[S_DAY] = -1.0; st[S_WEEK] = -1.0
     return st
@@ -645,25 +768,52 @@ def risk_emit_nb(ev, ne, t, kind, sym, side, rule, qty, price, value, ref, s_fro
 
 @njit(cache=True)
 def risk_on_mark_nb(st, lim, equity, day, week):
-    """`RiskManager.on_mark` after a bar is marked at `equity`: peak, day/week reference equity, and the
-    state ACTIVE(0) / REDUCING(1) / HALTED(2) in `st`. Returns `(state_from, rule, drawdown)`, with
-    `state_from = -1` when the state did not change (the caller then has nothing to record)."""
+    """`RiskManager.on_mark` after a bar is marked at `equity`: high-water mark, day/week reference equity,
+    the drawdown / daily / weekly halts, the review, and the state ACTIVE(0) / REDUCING(1) / HALTED(2) in
+    `st`. Returns `(state_from, rule, drawdown)`, with `state_from = -1` when the state did not change (the
+    caller then has nothing to record)."""
+    last = equity if np.isnan(st[S_LAST_EQ]) else st[S_LAST_EQ]
     if day != st[S_DAY]:
-        st[S_DAY] = day; st[S_DAY_START] = equity if np.isnan(st[S_LAST_EQ]) else st[S_LAST_EQ]; st[S_LOSS_HALT] = 0.0
+        st[S_DAY] = day; st[S_DAY_START] = last; st[S_DAY_HALT] = 0.0
     if week != st[S_WEEK]:
-        st[S_WEEK] = week; st[S_WEEK_START] = equity if np.isnan(st[S_LAST_EQ]) else st[S_LAST_EQ]
+        st[S_WEEK] = week; st[S_WEEK_START] = last; st[S_WEEK_HALT] = 0.0
     st[S_LAST_EQ] = equity
     if not (equity <= st[S_PEAK]): st[S_PEAK] = equity        # also replaces the initial NaN
     dd = 1.0 - equity / st[S_PEAK]
-    if dd >= lim[L_DD_HALT]: st[S_DD_HALT] = 1.0
-    if equity / st[S_DAY_START] - 1.0 <= -lim[L_DAY] or equity / st[S_WEEK_START] - 1.0 <= -lim[L_WEEK]:
-        st[S_LOSS_HALT] = 1.0
-    new = 2.0 if (st[S_DD_HALT] > 0 or st[S_LOSS_HALT] > 0) else (1.0 if dd >= lim[L_DD_WARN] else 0.0)
+    breach = False
+    if dd >= lim[L_DD_HALT] and st[S_DD_HALT] == 0.0:
+        st[S_DD_HALT] = 1.0; breach = True
+    if equity / st[S_DAY_START] - 1.0 <= -lim[L_DAY] and st[S_DAY_HALT] == 0.0:
+        st[S_DAY_HALT] = 1.0; breach = True
+    if equity / st[S_WEEK_START] - 1.0 <= -lim[L_WEEK] and st[S_WEEK_HALT] == 0.0:
+        st[S_WEEK_HALT] = 1.0; breach = True
+    halted = st[S_DD_HALT] > 0 or st[S_DAY_HALT] > 0 or st[S_WEEK_HALT] > 0
+    new = 2.0 if halted else (1.0 if dd >= lim[L_DD_WARN] else 0.0)
     old = st[S_STATE]
+    review = False
+    if new > old: breach = True
+    if breach:
+        st[S_CALM] = 0.0
+    else:
+        st[S_CALM] += 1.0
+        if new > 0.0 and st[S_CALM] >= lim[L_REVIEW] and st[S_DAY_HALT] == 0.0 and st[S_WEEK_HALT] == 0.0:
+            st[S_DD_HALT] = 0.0; st[S_PEAK] = equity; dd = 0.0; new = 0.0; review = True
     if new == old: return -1.0, R_OK, dd
     st[S_STATE] = new
+    if review: return old, R_REVIEW, dd
     if new == 2.0: return old, (R_DRAWDOWN if st[S_DD_HALT] > 0 else R_LOSS), dd
     return old, (R_LOSS if old == 2.0 else R_DRAWDOWN), dd     # same attribution as `RiskManager.on_mark`
+
+@njit(cache=True)
+def risk_action_nb(lim, s_from, s_to):
+    """`RiskManager.action`: the automatic action of a state change `s_from -> s_to` (`s_from < 0`: none)
+    as `(rule, fraction of each position to sell)`; rule `R_OK` means no order (block only)."""
+    a = R_OK
+    if s_from >= 0.0 and s_to == 2.0 and s_from != 2.0: a = np.int64(lim[L_ON_HALT])
+    elif s_from == 0.0 and s_to == 1.0: a = np.int64(lim[L_ON_WARN])
+    if a == R_CLOSE_ALL: return a, 1.0
+    if a == R_REDUCE: return a, lim[L_REDUCE_FRAC]
+    return R_OK, 0.0
 
 @njit(cache=True)
 def risk_mark_nb(st, lim, t, equity, day, week, ev, ne):
@@ -682,9 +832,11 @@ def risk_kill_nb(st, t, ev, ne):
 
 @njit(cache=True)
 def risk_reset_nb(st, t, ev, ne):
-    "`RiskManager.reset`: clear a drawdown halt and the kill switch, restart the peak at the last mark."
-    st[S_DD_HALT] = 0.0; st[S_KILLED] = 0.0
-    if not np.isnan(st[S_LAST_EQ]): st[S_PEAK] = st[S_LAST_EQ]
+    """`RiskManager.reset`: clear every halt and the kill switch, restart the high-water mark and the day and
+    week reference equity at the last mark."""
+    st[S_DD_HALT] = 0.0; st[S_DAY_HALT] = 0.0; st[S_WEEK_HALT] = 0.0; st[S_KILLED] = 0.0; st[S_CALM] = 0.0
+    if not np.isnan(st[S_LAST_EQ]):
+        st[S_PEAK] = st[S_LAST_EQ]; st[S_DAY_START] = st[S_LAST_EQ]; st[S_WEEK_START] = st[S_LAST_EQ]
     ne = risk_emit_nb(ev, ne, t, EV_STATE, -1, 0, R_RESET, np.nan, np.nan, np.nan, np.nan, st[S_STATE], 0.0)
     st[S_STATE] = 0.0
     return ne
@@ -752,10 +904,13 @@ def risk_events_frame(ev: np.ndarray, index: pd.Index, symbols=None) -> pd.DataF
         if kind == EV_STATE:
             kw.update(state_from=_STATES[int(row[9])].value, state_to=_STATES[int(row[10])].value,
                       reason="manual reset" if rule == R_RESET else f"equity {value:.2f}, drawdown {ref:.2%}")
+        elif kind == EV_ACTION:
+            kw.update(qty=qty, reason=f"{_STATES[int(row[10])].value}: {name} ({ref:.0%} of {value:.6g})")
         elif kind == EV_KILL:
             kw.update(reason="kill switch")
         elif kind == EV_CANCELLED:
-            kw.update(reason=("kill switch" if rule == R_KILL else "circuit breaker HALTED"), qty=None if np.isnan(qty) else qty)
+            kw.update(reason=("kill switch" if rule == R_KILL else "circuit breaker HALTED" if rule == R_HALTED else
+                              f"replaced by {name}"), qty=None if np.isnan(qty) else qty)
         else:
             at_fill = rule in (R_QTY, R_NOTIONAL, R_POSITION, R_GROSS, R_CASH)
             text = {R_KILL: "kill switch is engaged", R_RESTRICTED: f"{s} is restricted",
@@ -767,6 +922,7 @@ def risk_events_frame(ev: np.ndarray, index: pd.Index, symbols=None) -> pd.DataF
                     R_GROSS: f"gross exposure {value:.2f} > limit {ref:.2f}",
                     R_COLLAR: f"bracket distance {value:.2%} is more than the collar {ref:.0%}",
                     R_CASH: f"no cash left ({value:.2f}) for the entry"}[rule]
+            if rule == R_KILL and not np.isnan(ref): text = f"{RISK_RULES[int(ref)]}: {text}"   # a risk action refused
             kw.update(reason=("at fill: " if at_fill else "") + text, qty=None if np.isnan(qty) else qty,
                       price=None if np.isnan(price) else price)
         log.emit(index[t], _EV_KINDS[kind], **kw)

@@ -17,28 +17,31 @@ from numba import njit
 
 from . import stats as _st
 from .errors import DataValidationError, LookAheadError
-from .broker import (EV_CANCELLED, EV_REJECTED, EV_STATE, L_COLLAR, L_GROSS, L_NOTIONAL, L_POS, L_QTY, R_COLLAR, R_KILL,
-                            R_NOTIONAL, R_OK, R_POSITION, R_QTY, S_KILLED, RiskLimits, risk_calendar, risk_emit_nb,
-                            risk_events_frame, risk_fill_nb, risk_kill_nb, risk_limits_array, risk_new_state_nb,
-                            risk_on_mark_nb, risk_reset_nb, risk_submit_nb, risk_void_last_nb, S_STATE)
+from .broker import (EV_ACTION, EV_CANCELLED, EV_REJECTED, EV_STATE, L_COLLAR, L_GROSS, L_NOTIONAL, L_POS, L_QTY,
+                            R_CLOSE_ALL, R_COLLAR, R_KILL, R_NOTIONAL, R_OK, R_POSITION, R_QTY, S_KILLED, S_STATE,
+                            RiskAction, RiskLimits, risk_action_nb, risk_calendar, risk_emit_nb, risk_events_frame, risk_fill_nb,
+                            risk_kill_nb, risk_limits_array, risk_new_state_nb, risk_on_mark_nb, risk_reset_nb,
+                            risk_submit_nb, risk_void_last_nb)
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['REASON_SIGNAL', 'REASON_SL', 'REASON_TP', 'REASON_OPEN', 'EXIT_REASONS', 'entry_fill_nb', 'exit_fill_nb',
-           'stop_hit_nb', 'record_order_nb', 'record_trade_nb', 'close_position_nb', 'risk_reject_fill_nb',
-           'risk_submit_signal_nb', 'simulate_signals_core_nb', 'simulate_signals_nb', 'BacktestResult',
-           'backtest_signals', 'simulate_signals_grid_nb', 'GridResult', 'backtest_signals_grid',
-           'buy_and_hold_signals', 'ma_crossover_signals', 'walk_forward_splits', 'WalkForwardResult', 'walk_forward',
-           'ATRSlippage', 'Event', 'EventKind', 'EventLog', 'FixedBpsSlippage', 'FixedCommission', 'Order',
-           'OrderStatus', 'OrderType', 'PaperBroker', 'PercentCommission', 'PerShareCommission', 'Portfolio',
-           'RiskLimits', 'RiskManager', 'RiskState', 'TimeInForce', 'VolumeShareSlippage', 'SizingDecision',
-           'atr_bracket', 'atr_stop_fractions', 'drawdown_scale', 'kelly_fraction', 'kelly_size',
-           'backtest_signals_multi', 'run_strategy', 'PortfolioResult']
+__all__ = ['REASON_SIGNAL', 'REASON_SL', 'REASON_TP', 'REASON_OPEN', 'REASON_CLOSE_ALL', 'REASON_REDUCE', 'EXIT_REASONS',
+           'entry_fill_nb', 'exit_fill_nb', 'stop_hit_nb', 'record_order_nb', 'record_trade_nb', 'close_position_nb',
+           'reduce_position_nb', 'risk_act_nb', 'risk_reject_fill_nb', 'risk_submit_signal_nb',
+           'simulate_signals_core_nb', 'simulate_signals_nb', 'check_bars', 'as_signal', 'risk_inputs', 'check_trading',
+           'BacktestResult', 'make_result', 'backtest_signals', 'simulate_signals_grid_nb', 'GridResult',
+           'backtest_signals_grid', 'buy_and_hold_signals', 'ma_crossover_signals', 'walk_forward_splits',
+           'mirror_after', 'WalkForwardResult', 'walk_forward', 'ATRSlippage', 'Event', 'EventKind', 'EventLog',
+           'FixedBpsSlippage', 'FixedCommission', 'Order', 'OrderStatus', 'OrderType', 'PaperBroker',
+           'PercentCommission', 'PerShareCommission', 'Portfolio', 'RiskAction', 'RiskLimits', 'RiskManager',
+           'RiskState', 'TimeInForce', 'VolumeShareSlippage', 'SizingDecision', 'atr_bracket', 'atr_stop_fractions',
+           'drawdown_scale', 'kelly_fraction', 'kelly_size']
 
 # %% ../nbs/06_execution.ipynb #fd45618c
-REASON_SIGNAL, REASON_SL, REASON_TP, REASON_OPEN = 0, 1, 2, 3
-EXIT_REASONS = {REASON_SIGNAL: "signal", REASON_SL: "stop_loss", REASON_TP: "take_profit", REASON_OPEN: "open"}
+REASON_SIGNAL, REASON_SL, REASON_TP, REASON_OPEN, REASON_CLOSE_ALL, REASON_REDUCE = 0, 1, 2, 3, 4, 5
+EXIT_REASONS = {REASON_SIGNAL: "signal", REASON_SL: "stop_loss", REASON_TP: "take_profit", REASON_OPEN: "open",
+                REASON_CLOSE_ALL: "close_all_positions", REASON_REDUCE: "reduce_positions"}
 
 @njit(cache=True)
 def entry_fill_nb(o: float,          # the bar's open
@@ -95,6 +98,37 @@ def close_position_nb(orders, no, trades, nt, t, ref_px, reason, pos, e_bar, e_p
     nt = record_trade_nb(trades, nt, e_bar, t, e_px, px, pos, e_fee, fee, val - fee - e_cost, e_cost, reason,
                          min(lo_ex, ref_px), max(hi_ex, ref_px))
     return no, nt, val - fee
+
+@njit(cache=True)
+def reduce_position_nb(orders, no, trades, nt, t, ref_px, reason, q, pos, e_bar, e_px, e_fee, e_cost, lo_ex, hi_ex,
+                       fee_rate, slip_rate):
+    """Sell `q` of the long `pos` (0 < q < pos) at the reference price `ref_px` on bar `t`: the order record,
+    and a closed trade record for the part sold, which carries its share `q / pos` of the entry fee and of
+    the cash committed (so the trades' pnl still sums to the account's). Returns `(no, nt, cash_in,
+    e_fee_left, e_cost_left)`: proceeds net of the fee, and the entry fee and cost left on the position."""
+    px, val, fee = exit_fill_nb(q, ref_px, fee_rate, slip_rate)
+    share = q / pos
+    fee_part = e_fee * share; cost_part = e_cost * share
+    no = record_order_nb(orders, no, t, -1.0, px, q, fee, reason, val)
+    nt = record_trade_nb(trades, nt, e_bar, t, e_px, px, q, fee_part, fee, val - fee - cost_part, cost_part, reason,
+                         min(lo_ex, ref_px), max(hi_ex, ref_px))
+    return no, nt, val - fee, e_fee - fee_part, e_cost - cost_part
+
+@njit(cache=True)
+def risk_act_nb(st, lim, ev, ne, t, sym, s_from, pos):
+    """After a state change `s_from -> st[S_STATE]` at the close of bar `t`: the automatic action
+    (`risk_action_nb`) on symbol `sym` holding `pos` units. With a position, writes the `risk_action` event
+    (qty sold, the position, the fraction), or, with the kill switch engaged, a `kill_switch` rejection of
+    it. Returns `(ne, reason, qty)`: the order to fill at the symbol's next open (`REASON_CLOSE_ALL` or
+    `REASON_REDUCE`, -1 for none) and its quantity."""
+    a, frac = risk_action_nb(lim, s_from, st[S_STATE])
+    if a == R_OK or not pos > 0.0: return ne, -1, 0.0
+    q = pos if a == R_CLOSE_ALL else pos * frac
+    if st[S_KILLED] > 0.0:
+        ne = risk_emit_nb(ev, ne, t, EV_REJECTED, sym, -1, R_KILL, q, np.nan, np.nan, float(a), np.nan, np.nan)
+        return ne, -1, 0.0
+    ne = risk_emit_nb(ev, ne, t, EV_ACTION, sym, -1, a, q, np.nan, pos, frac, s_from, st[S_STATE])
+    return ne, (REASON_CLOSE_ALL if a == R_CLOSE_ALL else REASON_REDUCE), q
 
 @njit(cache=True)
 def risk_reject_fill_nb(st, lim, queue, ev, ne, t, sym, qty, px, pos_now, equity, gross_others):
@@ -161,7 +195,7 @@ def simulate_signals_core_nb(open_: np.ndarray,   # (T,) bar open prices
     n = close.shape[0]
     cash_out = np.empty(n); pos_out = np.empty(n); eq_out = np.empty(n)
     exposed = np.zeros(n, dtype=np.bool_)
-    orders = np.empty((2 * n + 1, 7)); trades = np.empty((n + 1, 12))
+    orders = np.empty((2 * n + 1, 7)); trades = np.empty((2 * n + 1, 12))   # a partial reduction is a trade too
     n_sig = 0; n_ops = 0
     for t in range(n):
         if entries[t] or exits[t]: n_sig += 1
@@ -173,9 +207,23 @@ def simulate_signals_core_nb(open_: np.ndarray,   # (T,) bar open prices
     e_bar = -1; e_px = np.nan; e_fee = 0.0; e_cost = 0.0; sl_px = np.nan; tp_px = np.nan
     lo_ex = np.nan; hi_ex = np.nan
     pending = 0
+    act = -1; act_q = 0.0          # the risk manager's own order (REASON_CLOSE_ALL / REASON_REDUCE), for this open
     for t in range(n):
         o = open_[t]
         entered_now = False
+        # 0. a risk action decided at the previous close executes at this open, before any other order
+        if act >= 0:
+            if act == REASON_CLOSE_ALL or act_q >= pos:
+                no, nt, cash_in = close_position_nb(orders, no, trades, nt, t, o, act, pos, e_bar, e_px, e_fee,
+                                                    e_cost, lo_ex, hi_ex, fee_rate, slip_rate)
+                pos = 0.0
+            else:
+                no, nt, cash_in, e_fee, e_cost = reduce_position_nb(orders, no, trades, nt, t, o, act, act_q, pos, e_bar,
+                                                                    e_px, e_fee, e_cost, lo_ex, hi_ex, fee_rate, slip_rate)
+                pos = pos - act_q
+            cash = cash + cash_in
+            exposed[t] = True
+            act = -1; act_q = 0.0
         # 1. the order accepted at the previous close executes at this open (fill-time risk rules first)
         if pending == 1:
             committed = size * cash
@@ -214,21 +262,26 @@ def simulate_signals_core_nb(open_: np.ndarray,   # (T,) bar open prices
         s_from, rule, dd = risk_on_mark_nb(st, limits, eq_out[t], day[t], week[t])
         if s_from >= 0.0:
             ne = risk_emit_nb(ev, ne, t, EV_STATE, -1, 0, rule, np.nan, np.nan, eq_out[t], dd, s_from, st[S_STATE])
-        # 4. operator actions at this close: kill switch (cancels the working stop and target), reset
+            ne, act, act_q = risk_act_nb(st, limits, ev, ne, t, 0, s_from, pos)
+        # 4. operator actions at this close: kill switch (cancels the working risk order, stop and target), reset
         if kill[t] and st[S_KILLED] == 0.0:
             ne = risk_kill_nb(st, t, ev, ne)
+            if act >= 0:
+                ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, 0, -1, R_KILL, act_q, np.nan, np.nan, np.nan, np.nan, np.nan)
+                act = -1; act_q = 0.0
             if pos > 0.0 and not (np.isnan(sl_px) and np.isnan(tp_px)):
                 ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, 0, -1, R_KILL, pos, np.nan, np.nan, np.nan, np.nan, np.nan)
                 sl_px = np.nan; tp_px = np.nan
         if reset[t]:
             ne = risk_reset_nb(st, t, ev, ne)
         # 5. signals known at this close are submitted for the next open (entry+exit together: ignored;
-        #    an entry while long, an exit while flat, or any signal on the last bar: no order)
+        #    an entry while long, an exit while flat or while a risk order sells everything, or any signal on
+        #    the last bar: no order; an exit after a risk reduction sells what is left)
         if t + 1 < n:
             if entries[t] and not exits[t] and pos == 0.0:
                 ne, ok = risk_submit_signal_nb(st, limits, queue, ev, ne, t, ts_ns[t], 0, 1, restricted, sl_stop, tp_stop)
                 if ok: pending = 1
-            elif exits[t] and not entries[t] and pos > 0.0:
+            elif exits[t] and not entries[t] and pos - act_q > 0.0:
                 ne, ok = risk_submit_signal_nb(st, limits, queue, ev, ne, t, ts_ns[t], 0, -1, restricted, sl_stop, tp_stop)
                 if ok: pending = -1
     if pos > 0.0:  # open trade, marked at the last close, no exit fee
@@ -261,7 +314,7 @@ def simulate_signals_nb(open_, high, low, close, entries, exits, init_cash, fee_
 # %% ../nbs/06_execution.ipynb #519614bb
 _BAR_COLS = ("open", "high", "low", "close")
 
-def _check_bars(bars: pd.DataFrame) -> pd.DataFrame:
+def check_bars(bars: pd.DataFrame) -> pd.DataFrame:
     "Validated bars: DatetimeIndex, increasing and unique, finite positive OHLC with low <= open, close <= high."
     if not isinstance(bars, pd.DataFrame):
         raise DataValidationError(f"`bars` must be a DataFrame; got {type(bars).__name__}", rule="type")
@@ -284,7 +337,7 @@ def _check_bars(bars: pd.DataFrame) -> pd.DataFrame:
         raise DataValidationError(f"`bars` row {r} breaks low <= open, close <= high", rule="ohlc_range", row=r)
     return bars
 
-def _as_signal(x, index: pd.Index, name: str) -> np.ndarray:
+def as_signal(x, index: pd.Index, name: str) -> np.ndarray:
     "Boolean (T,) array from a Series aligned on `index` (or an array of the same length)."
     if isinstance(x, pd.Series):
         if not x.index.equals(index):
@@ -299,15 +352,15 @@ def _as_signal(x, index: pd.Index, name: str) -> np.ndarray:
         a = a.astype(bool)
     return np.ascontiguousarray(a)
 
-def _risk_inputs(risk, index: pd.DatetimeIndex, kill_switch, risk_reset) -> tuple:
+def risk_inputs(risk, index: pd.DatetimeIndex, kill_switch, risk_reset) -> tuple:
     """`(limits array, ts_ns, day, week, kill, reset)` for the Numba kernels: the limits of `risk` (a
     `RiskLimits`), the bar calendar of `index`, and the operator masks (None = never)."""
     if not isinstance(risk, RiskLimits):
         raise DataValidationError(f"`risk` must be a ptrader.broker.RiskLimits; got {type(risk).__name__}", rule="risk")
     ts_ns, day, week = risk_calendar(index)
     none = np.zeros(len(index), dtype=bool)
-    kill = none if kill_switch is None else _as_signal(kill_switch, index, "kill_switch")
-    reset = none if risk_reset is None else _as_signal(risk_reset, index, "risk_reset")
+    kill = none if kill_switch is None else as_signal(kill_switch, index, "kill_switch")
+    reset = none if risk_reset is None else as_signal(risk_reset, index, "risk_reset")
     return risk_limits_array(risk), ts_ns, day, week, kill, reset
 
 def _check_frac(v, name: str, lo: float = 0.0, hi: float = math.inf, allow_none: bool = False) -> float:
@@ -318,7 +371,7 @@ def _check_frac(v, name: str, lo: float = 0.0, hi: float = math.inf, allow_none:
         raise DataValidationError(f"`{name}` must lie in [{lo}, {hi}]; got {v!r}", rule=name)
     return f
 
-def _check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size) -> tuple[float, ...]:
+def check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size) -> tuple[float, ...]:
     """`(init_cash, fee_rate, slip_rate, sl_stop, tp_stop, size)` validated and converted for the kernels:
     basis points to fractions, a missing stop to NaN. Raises `DataValidationError` naming the parameter."""
     return (_check_frac(init_cash, "init_cash", 1e-9),
@@ -349,7 +402,9 @@ class BacktestResult:
     trades : pd.DataFrame
         one row per round trip: entry/exit time and fill price, size (units), pnl (quote currency, net of
         both fees), return (pnl / cash committed at entry), fees, MAE/MFE (fractions of the entry price),
-        exit reason (`signal`, `stop_loss`, `take_profit`, `open` for a trade still open at the end).
+        exit reason (`signal`, `stop_loss`, `take_profit`, `close_all_positions` / `reduce_positions` for the
+        risk manager's own sells, `open` for a trade still open at the end). A partial sale by
+        `reduce_positions` is a closed trade of the units sold, carrying their share of the entry fee and cost.
     orders : pd.DataFrame
         every fill: time, side, price (after slippage), size, value, fees, reason.
     position : pd.Series, shape (T,)
@@ -362,8 +417,10 @@ class BacktestResult:
     params : dict
         the settings the backtest ran with, the risk limits (`risk`) among them.
     risk_events : pd.DataFrame
-        every rejection (with the rule that rejected it), circuit-breaker state change, kill switch and
-        cancellation of the risk layer, as the `EventLog` table of `ptrader.broker.PaperBroker`.
+        every rejection (with the rule that rejected it), circuit-breaker state change, automatic risk action
+        (`risk_action`: the close-all or reduction decided at a breaker trip, filled at the next open; the
+        fill is in `orders`), kill switch and cancellation of the risk layer, as the `EventLog` table of
+        `ptrader.broker.PaperBroker`.
     """
     equity: pd.Series
     returns: pd.Series
@@ -425,6 +482,7 @@ class BacktestResult:
             "Total Fees": float(self.orders["fees"].sum()) if len(self.orders) else 0.0,
             "Rejected Orders": int((self.risk_events["kind"] == "rejected").sum()),
             "Risk State Changes": int((self.risk_events["kind"] == "state_change").sum()),
+            "Risk Actions": int((self.risk_events["kind"] == "risk_action").sum()),
         }
         return pd.Series(out, name="stats", dtype=object)
 
@@ -447,7 +505,7 @@ class BacktestResult:
         fig.update_layout(title=title, xaxis_title="ts", yaxis_title="equity")
         return fig
 
-def _make_result(index: pd.Index, init_cash: float, cash, pos, eq, exposed, orders, trades, events, params: dict,
+def make_result(index: pd.Index, init_cash: float, cash, pos, eq, exposed, orders, trades, events, params: dict,
                  symbols=None) -> BacktestResult:
     "Wrap kernel arrays into a `BacktestResult`."
     eq_s = pd.Series(eq, index=index, name="equity")
@@ -520,7 +578,14 @@ def backtest_signals(bars: pd.DataFrame,   # OHLC bars, DatetimeIndex `ts`, shap
     * At the fill, an entry is re-checked at its fill price: order quantity and notional, position value
       and gross exposure as fractions of the equity marked at the previous close. Cash cannot go negative.
     * After each close is marked, the circuit breakers update (drawdown warning/halt, daily and weekly
-      loss limits). Stop-loss and take-profit orders keep working in HALTED; the kill switch cancels them.
+      loss limits, the review that ends a halt; see `RiskLimits`). Stop-loss and take-profit orders keep
+      working in HALTED; the kill switch cancels them.
+    * Automatic actions (`risk.on_halt`, `risk.on_warn`): at the close where the book becomes HALTED (or
+      goes from ACTIVE to REDUCING) the risk manager sells the whole position (`CLOSE_ALL_POSITIONS`) or
+      `risk.reduce_fraction` of it (`REDUCE_POSITIONS`) at the **next open**, before any other order of
+      that bar, with the same fee and slippage as an exit (reasons `close_all_positions` /
+      `reduce_positions`; a `risk_action` event at the close). A kill switch engaged at that close cancels
+      the order; one already engaged refuses it. An exit signal at the same close sells what is left.
     * Every rejection (with its rule), state change, kill switch and cancellation is in `risk_events`;
       `result.events()` merges them with the fills.
 
@@ -535,18 +600,18 @@ def backtest_signals(bars: pd.DataFrame,   # OHLC bars, DatetimeIndex `ts`, shap
         misaligned or non-boolean signals or operator masks, `risk` not a `RiskLimits`, or a parameter out
         of range.
     """
-    bars = _check_bars(bars)
-    en = _as_signal(entries, bars.index, "entries"); ex = _as_signal(exits, bars.index, "exits")
-    init_cash, fee, slip, sl, tp, size = _check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size)
+    bars = check_bars(bars)
+    en = as_signal(entries, bars.index, "entries"); ex = as_signal(exits, bars.index, "exits")
+    init_cash, fee, slip, sl, tp, size = check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size)
     arr = lambda c: np.ascontiguousarray(bars[c].to_numpy(dtype=np.float64))
-    lim, ts_ns, day, week, kill, reset = _risk_inputs(risk, bars.index, kill_switch, risk_reset)
+    lim, ts_ns, day, week, kill, reset = risk_inputs(risk, bars.index, kill_switch, risk_reset)
     out = simulate_signals_nb(arr("open"), arr("high"), arr("low"), arr("close"), en, ex,
                               init_cash, fee, slip, sl, tp, size, bool(stop_on_entry_bar),
                               ts_ns, day, week, kill, reset, lim, str(symbol) in risk.restricted)
     params = dict(init_cash=init_cash, fees_bps=fees_bps, slippage_bps=slippage_bps, sl_stop=sl_stop,
                   tp_stop=tp_stop, size=size, stop_on_entry_bar=bool(stop_on_entry_bar), symbol=str(symbol),
                   risk=risk.as_dict())
-    return _make_result(bars.index, init_cash, *out, params, symbols=[str(symbol)])
+    return make_result(bars.index, init_cash, *out, params, symbols=[str(symbol)])
 
 # %% ../nbs/06_execution.ipynb #72a8a5b8
 @njit(cache=True)
@@ -555,11 +620,12 @@ def simulate_signals_grid_nb(open_, high, low, close,  # (T,) each
                              init_cash, fee_rate, slip_rate, sl_stop, tp_stop, size,  # (K,) each
                              stop_on_entry_bar,        # bool
                              ts_ns, day, week, kill, reset, limits, restricted):  # as in `simulate_signals_nb`
-    """Run `simulate_signals_nb` for each of K columns; returns equity (T, K), closed+open trade counts (K,),
-    risk rejections (K,) and circuit-breaker state changes (K,)."""
+    """Run `simulate_signals_nb` for each of K columns; returns equity (T, K), trade counts (K,: closed, open,
+    and the parts sold by risk reductions), risk rejections (K,), circuit-breaker state changes (K,) and
+    automatic risk actions (K,)."""
     T, K = entries.shape
     eq = np.empty((T, K)); ntr = np.empty(K, dtype=np.int64)
-    nrej = np.zeros(K, dtype=np.int64); nstate = np.zeros(K, dtype=np.int64)
+    nrej = np.zeros(K, dtype=np.int64); nstate = np.zeros(K, dtype=np.int64); nact = np.zeros(K, dtype=np.int64)
     for k in range(K):
         out = simulate_signals_nb(open_, high, low, close, np.ascontiguousarray(entries[:, k]), np.ascontiguousarray(exits[:, k]),
                                   init_cash[k], fee_rate[k], slip_rate[k], sl_stop[k], tp_stop[k], size[k], stop_on_entry_bar,
@@ -569,17 +635,20 @@ def simulate_signals_grid_nb(open_, high, low, close,  # (T,) each
         for i in range(ev.shape[0]):
             if ev[i, 1] == EV_REJECTED: nrej[k] += 1
             elif ev[i, 1] == EV_STATE: nstate[k] += 1
-    return eq, ntr, nrej, nstate
+            elif ev[i, 1] == EV_ACTION: nact[k] += 1
+    return eq, ntr, nrej, nstate, nact
 
 @dataclass(frozen=True)
 class GridResult:
     """Equity `(T, K)` marked at each close, per-period returns `(T, K)`, and per column the number of
-    trades, of orders the risk rules rejected, and of circuit-breaker state changes."""
+    trades, of orders the risk rules rejected, of circuit-breaker state changes, and of automatic risk actions
+    (`risk_action` events: a reduction or a close-all at a breaker trip)."""
     equity: pd.DataFrame
     returns: pd.DataFrame
     n_trades: pd.Series
     n_rejected: pd.Series
     n_state_changes: pd.Series
+    n_risk_actions: pd.Series
 
     def stats(self, periods_per_year: float = 252) -> pd.DataFrame:
         "Per-column total return, Sharpe, max drawdown (from `ptrader.stats`), trade and rejection counts."
@@ -600,7 +669,7 @@ def backtest_signals_grid(bars: pd.DataFrame,  # OHLC bars, shape (T, >=4)
     """K backtests in one call; every parameter but the risk settings (shared by all columns) is a scalar
     or a length-K sequence (None/NaN: no stop). Same rules as `backtest_signals`, risk rules included.
     Raises `DataValidationError` on shape or range errors."""
-    bars = _check_bars(bars)
+    bars = check_bars(bars)
     if not (isinstance(entries, pd.DataFrame) and isinstance(exits, pd.DataFrame)):
         raise DataValidationError("`entries` and `exits` must be DataFrames (T, K)", rule="type")
     if not (entries.index.equals(bars.index) and exits.index.equals(bars.index) and entries.columns.equals(exits.columns)):
@@ -614,8 +683,8 @@ def backtest_signals_grid(bars: pd.DataFrame,  # OHLC bars, shape (T, >=4)
         return a
     en = np.asarray(entries.to_numpy(), dtype=bool); ex = np.asarray(exits.to_numpy(), dtype=bool)
     arr = lambda c: np.ascontiguousarray(bars[c].to_numpy(dtype=np.float64))
-    lim, ts_ns, day, week, kill, reset = _risk_inputs(risk, bars.index, kill_switch, risk_reset)
-    eq, ntr, nrej, nst = simulate_signals_grid_nb(arr("open"), arr("high"), arr("low"), arr("close"), en, ex,
+    lim, ts_ns, day, week, kill, reset = risk_inputs(risk, bars.index, kill_switch, risk_reset)
+    eq, ntr, nrej, nst, nact = simulate_signals_grid_nb(arr("open"), arr("high"), arr("low"), arr("close"), en, ex,
                                        vec(init_cash, "init_cash", 1e-9, math.inf), vec(fees_bps, "fees_bps", 0, 1e4) / 1e4,
                                        vec(slippage_bps, "slippage_bps", 0, 9999) / 1e4, vec(sl_stop, "sl_stop", 1e-12, 1.0, True),
                                        vec(tp_stop, "tp_stop", 1e-12, math.inf, True), vec(size, "size", 1e-12, 1.0), bool(stop_on_entry_bar),
@@ -625,7 +694,8 @@ def backtest_signals_grid(bars: pd.DataFrame,  # OHLC bars, shape (T, >=4)
     return GridResult(equity=eq_df, returns=pd.DataFrame(eq / prev - 1.0, index=bars.index, columns=entries.columns),
                       n_trades=pd.Series(ntr, index=entries.columns, name="n_trades"),
                       n_rejected=pd.Series(nrej, index=entries.columns, name="n_rejected"),
-                      n_state_changes=pd.Series(nst, index=entries.columns, name="n_state_changes"))
+                      n_state_changes=pd.Series(nst, index=entries.columns, name="n_state_changes"),
+                      n_risk_actions=pd.Series(nact, index=entries.columns, name="n_risk_actions"))
 
 # %% ../nbs/06_execution.ipynb #b39fe612
 def buy_and_hold_signals(bars: pd.DataFrame, # OHLC bars, shape (T, >=4)
@@ -707,21 +777,68 @@ def _signals_upto(signal_fn, bars: pd.DataFrame, end: int, params: dict, lo: int
     """Signals for positions [lo, end) computed from `bars.iloc[:end]` only, so no bar at or after `end`
     can reach them."""
     en, ex = signal_fn(bars.iloc[:end], **params)
-    en = _as_signal(en, bars.index[:end], "entries"); ex = _as_signal(ex, bars.index[:end], "exits")
+    en = as_signal(en, bars.index[:end], "entries"); ex = as_signal(ex, bars.index[:end], "exits")
     return en[lo:end], ex[lo:end]
 
-def _check_causal(signal_fn, bars: pd.DataFrame, params: dict, lo: int, hi: int, n_cuts: int = 6) -> None:
-    """Raise `LookAheadError` if the signals on [lo, cut) computed from bars up to `cut` differ from
-    those computed from bars up to `hi`, for `n_cuts` evenly spaced cuts. A detector, not a proof: a
-    look-ahead that never flips a boolean signal near a cut passes."""
-    full = _signals_upto(signal_fn, bars, hi, params, lo)
-    for cut in np.unique(np.linspace(lo, hi, n_cuts + 2)[1:-1].astype(np.int64)):
-        cut = int(cut)
-        if cut <= lo: continue
-        a = _signals_upto(signal_fn, bars, cut, params, lo)
-        if not (np.array_equal(a[0], full[0][: cut - lo]) and np.array_equal(a[1], full[1][: cut - lo])):
-            raise LookAheadError(f"signal_fn with params {params} changes its signals for bars before "
-                                 f"{bars.index[cut]} when later bars are added: it looks ahead")
+_PRICE_COLS = ("open", "high", "low", "close")
+
+def mirror_after(bars: pd.DataFrame, # OHLC bars, shape (T, >=4)
+                 cut: int,           # first position replaced, 1 <= cut < T
+                ) -> pd.DataFrame:   # same index and columns
+    """`bars` with every bar from position `cut` on replaced by its mirror image in log price about the
+    close of bar `cut - 1` (`p -> c0**2 / p`; high and low swap roles), so every later return changes
+    sign while the bars stay valid OHLC; `adj_close` is mirrored with the close (same adjustment factor)
+    and any other numeric column (volume) is reversed in time. Bars before `cut` are untouched: a causal
+    signal function gives the same signals there. Raises `ValueError` for a cut outside [1, T)."""
+    cut = int(cut)
+    if not 1 <= cut < len(bars): raise ValueError(f"cut must lie in [1, {len(bars)}); got {cut}")
+    out = bars.copy()
+    k = float(bars["close"].iloc[cut - 1]) ** 2
+    seg = bars.iloc[cut:]
+    new = {"open": k / seg["open"], "high": k / seg["low"], "low": k / seg["high"], "close": k / seg["close"]}
+    if "adj_close" in bars.columns: new["adj_close"] = seg["adj_close"] * new["close"] / seg["close"]
+    for c in bars.columns:
+        if c in new: out.iloc[cut:, out.columns.get_loc(c)] = new[c].to_numpy()
+        elif pd.api.types.is_numeric_dtype(bars[c]): out.iloc[cut:, out.columns.get_loc(c)] = seg[c].to_numpy()[::-1]
+    return out
+
+def _causal_cuts(en: np.ndarray, ex: np.ndarray, s: int, e: int, n_cuts: int) -> list[int]:
+    """`n_cuts` cut positions in the test window (s, e): just after signal bars (where a peek at the next
+    bar would show), spread evenly over them, topped up with evenly spaced positions."""
+    if n_cuts <= 0 or e - s < 2: return []
+    sig = np.flatnonzero(en[s:e - 1] | ex[s:e - 1]) + s + 1       # bar after each signal of the window
+    pick = sig[np.unique(np.linspace(0, len(sig) - 1, n_cuts).round().astype(np.int64))] if len(sig) else sig
+    even = np.linspace(s, e, n_cuts + 2)[1:-1].round().astype(np.int64)
+    cuts = list(dict.fromkeys(int(c) for c in pick))
+    for c in even:
+        if len(cuts) >= n_cuts: break
+        if s < c < e and int(c) not in cuts: cuts.append(int(c))
+    return sorted(cuts)
+
+def _look_ahead(params, fold: int, cut_ts, first_ts, how: str) -> LookAheadError:
+    err = LookAheadError(f"fold {fold}, cut at {cut_ts}: signal_fn with params {params} gives different signals before "
+                         f"the cut (first at {first_ts}) when {how}: it looks ahead")
+    err.fold, err.cut = fold, cut_ts
+    return err
+
+def _check_fold_causal(signal_fn, bars: pd.DataFrame, params: dict, fold: int, a: int, b: int, s: int, e: int,
+                       en: np.ndarray, ex: np.ndarray, tr_en: np.ndarray, tr_ex: np.ndarray, n_cuts: int) -> None:
+    """Look-ahead checks of one fold (train [a, b), test [s, e)) for one configuration. `en`/`ex` are the
+    signals on [a, e) from `bars[:e]`, `tr_en`/`tr_ex` those on [a, b) from `bars[:b]`: they must agree
+    (cut at the train end, later bars absent). Then for each cut c of `_causal_cuts` the bars from c on
+    are replaced by `mirror_after` and the signals on [a, c) must be bit-identical. Raises `LookAheadError`
+    naming the fold and the cut."""
+    idx = bars.index
+    for x, y in ((tr_en, en[: b - a]), (tr_ex, ex[: b - a])):
+        if not np.array_equal(x, y):
+            raise _look_ahead(params, fold, idx[b], idx[a + int(np.argmax(x != y))], "the bars from the train end on are left out")
+    for c in _causal_cuts(en, ex, s - a, e - a, n_cuts):
+        c += a
+        m_en, m_ex = signal_fn(mirror_after(bars.iloc[:e], c), **params)
+        m_en = as_signal(m_en, idx[:e], "entries")[a:c]; m_ex = as_signal(m_ex, idx[:e], "exits")[a:c]
+        for x, y in ((m_en, en[: c - a]), (m_ex, ex[: c - a])):
+            if not np.array_equal(x, y):
+                raise _look_ahead(params, fold, idx[c], idx[a + int(np.argmax(x != y))], "the bars from the cut on are replaced")
 
 @dataclass(frozen=True)
 class WalkForwardResult:
@@ -770,7 +887,8 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
                  purge: int = 0,
                  embargo: int = 0,
                  periods_per_year: float = 252,
-                 check_causal: bool = True, # verify on the first fold that signal_fn does not look ahead
+                 check_causal: bool = True, # check every fold for look-ahead (see the docstring)
+                 causal_cuts: int = 3,  # cut points per fold and configuration for that check
                  **backtest_kwargs,     # passed to `backtest_signals` (fees_bps, sl_stop, ...)
                 ) -> WalkForwardResult:
     """Walk-forward optimisation: for each fold choose the configuration with the best `objective` on
@@ -778,15 +896,25 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
     test windows into one out-of-sample backtest.
 
     Signals for a window ending at bar e are computed by `signal_fn(bars.iloc[:e], **params)`:
-    indicators may warm up on earlier bars, and no later bar is ever passed in. With `check_causal`
-    the first fold also checks that adding bars does not change earlier signals. A configuration
+    indicators may warm up on earlier bars, and no later bar is ever passed in. A configuration
     whose objective is undefined on a train window (no trade: no variance) ranks last; ties go to the
     first configuration in grid order.
+
+    Look-ahead check (`check_causal`), on **every fold and every configuration**: the train-window signals
+    (from `bars[:train_end]`) must equal the same bars' signals from `bars[:test_end]`; then at
+    `causal_cuts` cut points c inside the test window (just after signal bars, where a peek at the next
+    bar would show, else evenly spaced) every bar from c on is replaced by its mirror image in log price
+    (`mirror_after`: every later return changes sign) and the signals on [train_start, c) must be
+    bit-identical. Cost: `n_folds * n_configs * causal_cuts` extra `signal_fn` calls on at most
+    `test_end` bars each (the first comparison reuses the calls the walk-forward makes anyway); with
+    the default 3 cuts that is 3 calls per fold and configuration next to the 2 the walk-forward needs.
+    A detector, not a proof: a look-ahead that flips no boolean signal before any cut passes.
 
     Raises
     ------
     LookAheadError
-        `signal_fn` changes past signals when given more bars.
+        `signal_fn` changes past signals when later bars are added or replaced; the message and the
+        error's `fold` and `cut` attributes name the fold and the cut (a timestamp).
     ValueError
         empty grid, unknown objective, too few bars for one fold, an operator mask in `backtest_kwargs`.
 
@@ -794,7 +922,7 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
     run) goes through the risk rules with `backtest_kwargs["risk"]` (default `RiskLimits()`), each with a
     fresh risk state; the out-of-sample `backtest.risk_events` are those of the stitched run.
     """
-    bars = _check_bars(bars)
+    bars = check_bars(bars)
     for k in ("kill_switch", "risk_reset"):
         if backtest_kwargs.get(k) is not None:
             raise ValueError(f"walk_forward does not take `{k}` (operator masks belong to one backtest, not to "
@@ -803,9 +931,7 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
         raise ValueError(f"unknown objective {objective!r}; choose from {sorted(_OBJECTIVES)} or pass a callable")
     configs = _param_list(param_grid)
     splits = list(walk_forward_splits(bars.index, train_size, test_size, expanding=expanding, purge=purge, embargo=embargo))
-    if check_causal:
-        tr0, te0 = splits[0]
-        for p in configs: _check_causal(signal_fn, bars, p, int(tr0[0]), int(te0[-1]) + 1)
+    if int(causal_cuts) < 0: raise ValueError(f"causal_cuts must be >= 0; got {causal_cuts!r}")
     oos_lo, oos_hi = int(splits[0][1][0]), int(splits[-1][1][-1]) + 1
     oos_bars = bars.iloc[oos_lo:oos_hi]
     n_oos, k = oos_hi - oos_lo, len(configs)
@@ -815,12 +941,15 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
     for f, (tr, te) in enumerate(splits):
         a, b = int(tr[0]), int(tr[-1]) + 1
         tr_bars = bars.iloc[a:b]
+        s, e = int(te[0]), int(te[-1]) + 1
         for j, p in enumerate(configs):
             en, ex = _signals_upto(signal_fn, bars, b, p, a)
             r = backtest_signals(tr_bars, en, ex, **backtest_kwargs)
             is_obj[f, j] = _objective(r.returns, objective, periods_per_year)
-            ten, tex = _signals_upto(signal_fn, bars, int(te[-1]) + 1, p, int(te[0]))
-            cfg_en[te - oos_lo, j] = ten; cfg_ex[te - oos_lo, j] = tex
+            fen, fex = _signals_upto(signal_fn, bars, e, p, a)          # [a, e) from bars[:e]
+            if check_causal:
+                _check_fold_causal(signal_fn, bars, p, f, a, b, s, e, fen, fex, en, ex, int(causal_cuts))
+            cfg_en[te - oos_lo, j] = fen[s - a:]; cfg_ex[te - oos_lo, j] = fex[s - a:]
         score = np.where(np.isnan(is_obj[f]), -np.inf, is_obj[f])
         chosen.append(int(np.argmax(score)))
     pick = np.empty(n_oos, dtype=np.int64)
@@ -851,19 +980,10 @@ def walk_forward(bars: pd.DataFrame,    # OHLC bars, shape (T, >=4)
 # %% ../nbs/06_execution.ipynb #1c80bc04
 from .broker import (ATRSlippage, Event, EventKind, EventLog, FixedBpsSlippage, FixedCommission, Order,
                             OrderStatus, OrderType, PaperBroker, PercentCommission, PerShareCommission, Portfolio,
-                            RiskManager, RiskState, TimeInForce, VolumeShareSlippage)
+                            RiskAction, RiskManager, RiskState, TimeInForce, VolumeShareSlippage)
 from .sizing import SizingDecision, atr_bracket, atr_stop_fractions, drawdown_scale, kelly_fraction, kelly_size
 
 _all_ = ["ATRSlippage", "Event", "EventKind", "EventLog", "FixedBpsSlippage", "FixedCommission", "Order", "OrderStatus",
-         "OrderType", "PaperBroker", "PercentCommission", "PerShareCommission", "Portfolio", "RiskLimits", "RiskManager",
-         "RiskState", "TimeInForce", "VolumeShareSlippage", "SizingDecision", "atr_bracket", "atr_stop_fractions",
-         "drawdown_scale", "kelly_fraction", "kelly_size", "backtest_signals_multi", "run_strategy", "PortfolioResult"]
-
-_PORTFOLIO_NAMES = ("backtest_signals_multi", "run_strategy", "PortfolioResult", "simulate_portfolio_nb")
-
-def __getattr__(name: str):
-    "Load the `ptrader.portfolio` names on first use (that module imports this one)."
-    if name in _PORTFOLIO_NAMES:
-        from ptrader import portfolio
-        return getattr(portfolio, name)
-    raise AttributeError(f"module 'ptrader.execution' has no attribute {name!r}")
+         "OrderType", "PaperBroker", "PercentCommission", "PerShareCommission", "Portfolio", "RiskAction", "RiskLimits",
+         "RiskManager", "RiskState", "TimeInForce", "VolumeShareSlippage", "SizingDecision", "atr_bracket",
+         "atr_stop_fractions", "drawdown_scale", "kelly_fraction", "kelly_size"]

@@ -16,10 +16,12 @@ from numba import njit
 
 from .errors import DataValidationError
 from .broker import (EV_CANCELLED, EV_REJECTED, EV_STATE, R_CASH, R_HALTED, R_KILL, R_OK, S_KILLED, S_STATE,
-                            RiskLimits, risk_emit_nb, risk_kill_nb, risk_new_state_nb, risk_on_mark_nb, risk_reset_nb)
-from .execution import (REASON_OPEN, REASON_SIGNAL, BacktestResult, _as_signal, _check_bars, _check_trading,
-                               _make_result, _risk_inputs, close_position_nb, entry_fill_nb, record_order_nb,
-                               record_trade_nb, risk_reject_fill_nb, risk_submit_signal_nb, stop_hit_nb)
+                            RiskLimits, risk_action_nb, risk_emit_nb, risk_kill_nb, risk_new_state_nb, risk_on_mark_nb,
+                            risk_reset_nb)
+from .execution import (REASON_CLOSE_ALL, REASON_OPEN, REASON_SIGNAL, BacktestResult, as_signal, check_bars,
+                               check_trading, close_position_nb, entry_fill_nb, exit_fill_nb, make_result,
+                               record_order_nb, record_trade_nb, reduce_position_nb, risk_act_nb, risk_inputs,
+                               risk_reject_fill_nb, risk_submit_signal_nb, stop_hit_nb)
 
 _logger = logging.getLogger(__name__)
 
@@ -48,10 +50,13 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
                           reset: np.ndarray,   # (T,) bool: risk reset at the close of t
                           limits: np.ndarray,  # (12,) risk limits (`ptrader.broker.risk_limits_array`)
                           restricted: np.ndarray, # (N,) bool: the symbol is on the restricted list
-                          state_cap: int,      # room for this many state changes in the event buffer
+                          state_cap: int,      # room for this many state changes in the event buffer, and for
+                                               # this many partial sales by `reduce_positions` in the records
                          ):
-    """The event loop of `simulate_portfolio_nb`, returning the whole event buffer and the number of events
-    last (`ne > len(buffer)`: the state changes did not fit; see `simulate_signals_core_nb`)."""
+    """The event loop of `simulate_portfolio_nb`, returning the whole event buffer, the number of events
+    and the number of partial sales last (`ne > len(buffer)`: the state changes did not fit, `n_red >
+    state_cap`: the partial sales did not fit in the order and trade records; the books are complete
+    either way, the caller runs again with room; see `simulate_signals_core_nb`)."""
     T, N = close.shape
     cash_out = np.empty(T); pos_out = np.zeros((T, N)); eq_out = np.empty(T)
     exposed = np.zeros((T, N), dtype=np.bool_)
@@ -61,7 +66,8 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
         for j in range(N):
             if entries[t, j]: n_en += 1
             if entries[t, j] or exits[t, j]: n_sig += 1
-    orders = np.empty((2 * n_en + 1, 8)); trades = np.empty((n_en + 1, 13))
+    orders = np.empty((2 * n_en + state_cap + 1, 8)); trades = np.empty((n_en + state_cap + 1, 13))
+    n_red = 0                     # partial sales by `reduce_positions`: recorded while n_red < state_cap
     queue = np.empty((n_sig + 1, 3), dtype=np.int64)
     st = risk_new_state_nb(); ev = np.empty((2 * n_sig + 2 * n_ops + state_cap + 16, 11)); ne = 0
     no = 0; nt = 0
@@ -71,12 +77,32 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
     sl_px = np.full(N, np.nan); tp_px = np.full(N, np.nan); lo_ex = np.full(N, np.nan); hi_ex = np.full(N, np.nan)
     last_close = np.full(N, np.nan); last_bar = np.full(N, -1, dtype=np.int64)
     entered_now = np.zeros(N, dtype=np.bool_)
+    act = np.full(N, -1, dtype=np.int64); act_q = np.zeros(N)   # risk orders (REASON_CLOSE_ALL / REASON_REDUCE)
     for t in range(T):
-        # 1. exits accepted at an earlier close execute at this open, freeing cash first
+        # 1. risk orders, then exits accepted at an earlier close, execute at this open, freeing cash first
         for j in range(N):
             entered_now[j] = False
             o = open_[t, j]
             if np.isnan(o): continue
+            if act[j] >= 0:
+                if act[j] == REASON_CLOSE_ALL or act_q[j] >= pos[j]:
+                    no, nt, cash_in = close_position_nb(orders, no, trades, nt, t, o, act[j], pos[j], e_bar[j], e_px[j],
+                                                        e_fee[j], e_cost[j], lo_ex[j], hi_ex[j], fee_rate, slip_rate)
+                    orders[no - 1, 7] = j; trades[nt - 1, 12] = j
+                    pos[j] = 0.0
+                elif n_red < state_cap:
+                    no, nt, cash_in, e_fee[j], e_cost[j] = reduce_position_nb(
+                        orders, no, trades, nt, t, o, act[j], act_q[j], pos[j], e_bar[j], e_px[j], e_fee[j], e_cost[j],
+                        lo_ex[j], hi_ex[j], fee_rate, slip_rate)
+                    orders[no - 1, 7] = j; trades[nt - 1, 12] = j
+                    pos[j] = pos[j] - act_q[j]; n_red += 1
+                else:             # no room to record it: the same books, counted for the rerun
+                    _, val, fee = exit_fill_nb(act_q[j], o, fee_rate, slip_rate)
+                    share = act_q[j] / pos[j]
+                    e_fee[j] = e_fee[j] - e_fee[j] * share; e_cost[j] = e_cost[j] - e_cost[j] * share
+                    cash_in = val - fee; pos[j] = pos[j] - act_q[j]; n_red += 1
+                cash = cash + cash_in; exposed[t, j] = True
+                act[j] = -1; act_q[j] = 0.0
             if pending[j] == -1:
                 no, nt, cash_in = close_position_nb(orders, no, trades, nt, t, o, REASON_SIGNAL, pos[j], e_bar[j], e_px[j],
                                                     e_fee[j], e_cost[j], lo_ex[j], hi_ex[j], fee_rate, slip_rate)
@@ -138,11 +164,22 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
         s_from, rule, dd = risk_on_mark_nb(st, limits, eq, day[t], week[t])
         if s_from >= 0.0:
             ne = risk_emit_nb(ev, ne, t, EV_STATE, -1, 0, rule, np.nan, np.nan, eq, dd, s_from, st[S_STATE])
-        if s_from >= 0.0 and st[S_STATE] == 2.0:   # working signal orders (waiting for a symbol's next bar) are cancelled
+        if s_from >= 0.0 and st[S_STATE] == 2.0:   # working orders (waiting for a symbol's next bar) are cancelled
             for j in range(N):
                 if pending[j] != 0:
                     ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, pending[j], R_HALTED, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan)
                     pending[j] = 0
+                if act[j] >= 0:
+                    ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, -1, R_HALTED, act_q[j], np.nan, np.nan, np.nan, np.nan, np.nan)
+                    act[j] = -1; act_q[j] = 0.0
+        if s_from >= 0.0:   # the automatic action on every position whose exit is not already working
+            a, _ = risk_action_nb(limits, s_from, st[S_STATE])
+            if a != R_OK:
+                for j in range(N):
+                    if not pos[j] > 0.0 or pending[j] == -1: continue
+                    if act[j] >= 0:   # a risk order still waiting for the symbol's bar is replaced
+                        ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, -1, a, act_q[j], np.nan, np.nan, np.nan, np.nan, np.nan)
+                    ne, act[j], act_q[j] = risk_act_nb(st, limits, ev, ne, t, j, s_from, pos[j])
         # 5. operator actions: the kill switch cancels working orders and stops, a reset clears it
         if kill[t] and st[S_KILLED] == 0.0:
             ne = risk_kill_nb(st, t, ev, ne)
@@ -150,20 +187,24 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
                 if pending[j] != 0:
                     ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, pending[j], R_KILL, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan)
                     pending[j] = 0
+                if act[j] >= 0:
+                    ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, -1, R_KILL, act_q[j], np.nan, np.nan, np.nan, np.nan, np.nan)
+                    act[j] = -1; act_q[j] = 0.0
                 if pos[j] > 0.0 and not (np.isnan(sl_px[j]) and np.isnan(tp_px[j])):
                     ne = risk_emit_nb(ev, ne, t, EV_CANCELLED, j, -1, R_KILL, pos[j], np.nan, np.nan, np.nan, np.nan, np.nan)
                     sl_px[j] = np.nan; tp_px[j] = np.nan
         if reset[t]:
             ne = risk_reset_nb(st, t, ev, ne)
         # 6. signals at this close are submitted for the symbol's next open (entry+exit together: ignored;
-        #    an entry while long or with an entry working, an exit while flat: no order; none on the last bar)
+        #    an entry while long or with an entry working, an exit while flat or while a risk order sells
+        #    everything: no order; an exit after a risk reduction sells what is left; none on the last bar)
         if t + 1 < T:
             for j in range(N):
                 if np.isnan(close[t, j]) or pending[j] != 0: continue
                 if entries[t, j] and not exits[t, j] and pos[j] == 0.0:
                     ne, ok = risk_submit_signal_nb(st, limits, queue, ev, ne, t, ts_ns[t], j, 1, restricted[j], sl_stop, tp_stop)
                     if ok: pending[j] = 1
-                elif exits[t, j] and not entries[t, j] and pos[j] > 0.0:
+                elif exits[t, j] and not entries[t, j] and pos[j] - act_q[j] > 0.0:
                     ne, ok = risk_submit_signal_nb(st, limits, queue, ev, ne, t, ts_ns[t], j, -1, restricted[j], sl_stop, tp_stop)
                     if ok: pending[j] = -1
     for j in range(N):  # open trades, marked at the symbol's last close, no exit fee
@@ -172,7 +213,7 @@ def simulate_portfolio_core_nb(open_: np.ndarray,   # (T, N) bar opens, NaN wher
             nt = record_trade_nb(trades, nt, e_bar[j], last_bar[j], e_px[j], px, pos[j], e_fee[j], 0.0,
                                  pos[j] * px - e_cost[j], e_cost[j], REASON_OPEN, min(lo_ex[j], px), max(hi_ex[j], px))
             trades[nt - 1, 12] = j
-    return cash_out, pos_out, eq_out, exposed, orders[:no], trades[:nt], ev, ne
+    return cash_out, pos_out, eq_out, exposed, orders[:no], trades[:nt], ev, ne, n_red
 
 @njit(cache=True)
 def simulate_portfolio_nb(open_, high, low, close, entries, exits, init_cash, fee_rate, slip_rate, sl_stop, tp_stop,
@@ -183,15 +224,16 @@ def simulate_portfolio_nb(open_, high, low, close, entries, exits, init_cash, fe
     Returns `(cash (T,), positions (T, N), equity (T,), exposed (T, N), orders (n, 8), trades (m, 13),
     events (k, 11))`; the order and trade layouts are those of `simulate_signals_nb` plus a last column
     holding the symbol index, the event rows those of `ptrader.broker` (symbol column = index). A run whose
-    state changes overflow the event buffer is run once more with room for all of them."""
-    c, p, e, x, o, tr, ev, ne = simulate_portfolio_core_nb(open_, high, low, close, entries, exits, init_cash, fee_rate,
-                                                           slip_rate, sl_stop, tp_stop, size, stop_on_entry_bar, ts_ns,
-                                                           day, week, kill, reset, limits, restricted, state_cap)
-    if ne > ev.shape[0]:
-        c, p, e, x, o, tr, ev, ne = simulate_portfolio_core_nb(open_, high, low, close, entries, exits, init_cash,
-                                                               fee_rate, slip_rate, sl_stop, tp_stop, size,
-                                                               stop_on_entry_bar, ts_ns, day, week, kill, reset, limits,
-                                                               restricted, ne)
+    state changes overflow the event buffer, or whose partial sales overflow the records, is run once more
+    with room for all of them."""
+    c, p, e, x, o, tr, ev, ne, nr = simulate_portfolio_core_nb(open_, high, low, close, entries, exits, init_cash, fee_rate,
+                                                               slip_rate, sl_stop, tp_stop, size, stop_on_entry_bar, ts_ns,
+                                                               day, week, kill, reset, limits, restricted, state_cap)
+    if ne > ev.shape[0] or nr > state_cap:
+        c, p, e, x, o, tr, ev, ne, nr = simulate_portfolio_core_nb(open_, high, low, close, entries, exits, init_cash,
+                                                                   fee_rate, slip_rate, sl_stop, tp_stop, size,
+                                                                   stop_on_entry_bar, ts_ns, day, week, kill, reset, limits,
+                                                                   restricted, max(ne, nr))
     return c, p, e, x, o, tr, ev[:ne]
 
 # %% ../nbs/06c_portfolio.ipynb #ce852092
@@ -207,7 +249,7 @@ def _panel(bars) -> tuple[list, pd.DatetimeIndex, dict]:
     symbols = list(bars)
     checked = {}
     for s in symbols:
-        try: checked[s] = _check_bars(bars[s])
+        try: checked[s] = check_bars(bars[s])
         except DataValidationError as e:
             err = DataValidationError(f"symbol {s!r}: {e}"); err.rule, err.row = e.rule, e.row
             raise err from e
@@ -228,7 +270,7 @@ def _panel_signal(x, index: pd.DatetimeIndex, symbols: list, name: str) -> np.nd
     if len(extra):
         raise DataValidationError(f"`{name}` has timestamps without any bar, e.g. {extra[0]}", rule="alignment")
     x = x.reindex(index=index, columns=symbols, fill_value=False).infer_objects()  # object columns of bools -> bool
-    return np.ascontiguousarray(np.column_stack([_as_signal(x[s], index, f"{name}[{s!r}]") for s in symbols]))
+    return np.ascontiguousarray(np.column_stack([as_signal(x[s], index, f"{name}[{s!r}]") for s in symbols]))
 
 # %% ../nbs/06c_portfolio.ipynb #c1e4cca7
 @dataclass(frozen=True)
@@ -312,7 +354,10 @@ def backtest_signals_multi(bars,                 # {symbol: OHLC bars} or a (sym
     close, order/position/gross-exposure rules at the fill against the equity marked at the previous
     closes, circuit breakers on the account's equity). When the account becomes HALTED, or the kill switch
     is engaged, orders still waiting for a symbol's next bar are cancelled; the kill switch also cancels
-    every working stop and target. Symbols in `risk.restricted` never trade.
+    every working stop and target. Symbols in `risk.restricted` never trade. The breakers' automatic
+    actions (`risk.on_halt`, `risk.on_warn`) sell all or `risk.reduce_fraction` of every open position at
+    that symbol's next open, before its other orders (a symbol without a bar keeps its risk order for its
+    next bar; a newer action replaces it; a symbol whose signal exit is already waiting gets none).
 
     Returns
     -------
@@ -326,8 +371,8 @@ def backtest_signals_multi(bars,                 # {symbol: OHLC bars} or a (sym
     """
     symbols, index, a = _panel(bars)
     en = _panel_signal(entries, index, symbols, "entries"); ex = _panel_signal(exits, index, symbols, "exits")
-    init_cash, fee, slip, sl, tp, size = _check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size)
-    lim, ts_ns, day, week, kill, reset = _risk_inputs(risk, index, kill_switch, risk_reset)
+    init_cash, fee, slip, sl, tp, size = check_trading(init_cash, fees_bps, slippage_bps, sl_stop, tp_stop, size)
+    lim, ts_ns, day, week, kill, reset = risk_inputs(risk, index, kill_switch, risk_reset)
     restricted = np.array([str(s) in risk.restricted for s in symbols], dtype=bool)
     cash, pos, eq, expo, orders, trades, events = simulate_portfolio_nb(
         a["open"], a["high"], a["low"], a["close"], en, ex, init_cash, fee, slip, sl, tp, size, bool(stop_on_entry_bar),
@@ -335,7 +380,7 @@ def backtest_signals_multi(bars,                 # {symbol: OHLC bars} or a (sym
     params = dict(init_cash=init_cash, fees_bps=fees_bps, slippage_bps=slippage_bps, sl_stop=sl_stop,
                   tp_stop=tp_stop, size=size, stop_on_entry_bar=bool(stop_on_entry_bar), symbols=list(symbols),
                   risk=risk.as_dict())
-    one = _make_result(index, init_cash, cash, cash, eq, expo.any(axis=1), orders[:, :7], trades[:, :12], events, params,
+    one = make_result(index, init_cash, cash, cash, eq, expo.any(axis=1), orders[:, :7], trades[:, :12], events, params,
                        symbols=[str(s) for s in symbols])
     sym = np.asarray(symbols, dtype=object)
     o = one.orders.copy(); o.insert(1, "symbol", sym[orders[:, 7].astype(np.int64)])

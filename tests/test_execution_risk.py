@@ -29,6 +29,7 @@ from ptrader.broker import Order, OrderStatus, PaperBroker, PercentCommission, F
 from ptrader.execution import backtest_signals, backtest_signals_grid, ma_crossover_signals, walk_forward
 from ptrader.portfolio import backtest_signals_multi
 
+RISK_TAGS = {"close_all_positions", "reduce_positions"}
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -53,6 +54,9 @@ def _broker_run(bars, en, ex, *, fees_bps, slippage_bps, sl_stop, tp_stop, size,
         if reset[t]: b.risk.reset(ts)
         if t + 1 == len(bars): break
         q = b.portfolio.qty("X")
+        # a risk order working since this close (a reduction) leaves the exit the rest; a close-all leaves nothing
+        q_left = q - sum(w.order.qty - w.filled for w in b.orders.values()
+                         if w.order.tag in RISK_TAGS and w.status in (OrderStatus.WORKING, OrderStatus.PARTIAL))
         if en[t] and not ex[t] and q == 0:
             px = o[t + 1] * (1 + slip)
             qty = size * b.portfolio.cash / (1 + fee) / px
@@ -63,8 +67,8 @@ def _broker_run(bars, en, ex, *, fees_bps, slippage_bps, sl_stop, tp_stop, size,
                 target = px * (1 + tp_stop) if tp_stop is not None else px * 1e6
                 _, s_id, t_id = b.submit_bracket("X", 1, qty, ts, stop_loss=stop, take_profit=target)
                 children = (s_id, t_id)
-        elif ex[t] and not en[t] and q > 0:
-            oid = b.submit(Order("X", -1, q), ts)
+        elif ex[t] and not en[t] and q_left > 0:
+            oid = b.submit(Order("X", -1, q_left), ts)
             if b.orders[oid].status != OrderStatus.REJECTED:   # a rejected exit leaves the bracket working
                 for c in children:
                     if c: b.cancel(c, ts)
@@ -300,7 +304,8 @@ def test_event_buffer_overflow_runs_again_with_room():
     en, ex = np.zeros(400, bool), np.zeros(400, bool); en[0] = True    # hold throughout: equity follows the price
     a = [np.ascontiguousarray(bars[c].to_numpy()) for c in ("open", "high", "low", "close")]
     ts, day, week = risk_calendar(bars.index); no = np.zeros(400, bool)
-    lim = risk_limits_array(RiskLimits(dd_warn=0.02, dd_halt=0.5, daily_loss=0.01, weekly_loss=0.5))
+    lim = risk_limits_array(RiskLimits(dd_warn=0.02, dd_halt=0.5, daily_loss=0.01, weekly_loss=0.5, on_halt="block",
+                                       on_warn="block", review_bars=None))
     args = (*a, en, ex, 1e5, 1e-4, 0.0, np.nan, np.nan, 1.0, True, ts, day, week, no, no, lim, False)
     roomy, tight = simulate_signals_nb(*args, 100_000)[6], simulate_signals_nb(*args, 0)[6]
     assert (roomy[:, 1] == 1).sum() > 40        # many state changes: more than the 18-row buffer of state_cap=0
