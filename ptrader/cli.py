@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # 75 is sysexits.
 # %% auto #0
 __all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'status_table', 'main']
 
-# %% ../nbs/10_cli.ipynb #dbd7a5e9
+# %% ../nbs/10_cli.ipynb #a5cb7527
 def _finite(text: str) -> float:
     "argparse type: a finite float."
     try: v = float(text)
@@ -131,7 +131,7 @@ def _ingest(args) -> int:
     from ptrader.data import Warehouse, check_symbol
     if args.bundled == (args.path is not None):
         print("ptrader ingest: give either PATH --symbol SYM or --bundled", file=sys.stderr); return EXIT_BAD_INPUT
-    if args.path is not None and not args.symbol:
+    if args.path is not None and args.symbol is None:
         print("ptrader ingest: --symbol is required with PATH", file=sys.stderr); return EXIT_BAD_INPUT
     symbol = check_symbol(args.symbol) if args.path is not None else None  # the one rule, before anything is read
     with Warehouse(args.db, lock_timeout=args.lock_timeout) as wh:  # refuses a --db that is not a DuckDB file, before reading PATH
@@ -144,7 +144,7 @@ def _ingest(args) -> int:
                         f"{r.rows_quarantined} quarantined; ingest {r.ingest_id} into {wh.path}")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #75130fe1
+# %% ../nbs/10_cli.ipynb #a72be0e4
 _REPORT_OPTIONS = ("symbols", "start", "end", "initial_cash", "fees_bps", "slippage_bps", "seed",
                    "train_bars", "test_bars", "fast_windows", "slow_windows")
 
@@ -164,7 +164,7 @@ def _validate(args) -> int:
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #a3a0dbd0
+# %% ../nbs/10_cli.ipynb #ef55547a
 def _printable(s) -> str:
     s = str(s)
     return s if s.isprintable() else ascii(s)
@@ -193,7 +193,7 @@ def _status(args) -> int:
     if len(summary): print(status_table(summary))
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #1658a088
+# %% ../nbs/10_cli.ipynb #5eaa7efc
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ptrader` console script. Returns the exit code (see the top of this notebook)."
     args = _parser().parse_args(argv)
