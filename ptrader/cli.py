@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # 75 is sysexits.
 # %% auto #0
 __all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'status_table', 'main']
 
-# %% ../nbs/10_cli.ipynb #a5cb7527
+# %% ../nbs/10_cli.ipynb #4767aa52
 def _finite(text: str) -> float:
     "argparse type: a finite float."
     try: v = float(text)
@@ -99,9 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--quarantine", action="store_true",
                      help="load the valid rows and quarantine the bad ones (default: refuse a file with any bad row)")
     ing.add_argument("--sep", help="CSV field delimiter (default: detected from the header among , ; tab |)")
-    ing.add_argument("--decimal", choices=[".", ","], default=".", help="decimal mark of the numbers (default '.'); a comma is never guessed")
-    ing.add_argument("--thousands", choices=[",", ".", " ", "'", "_"], default=None,
-                     help="thousands separator of the numbers (default: none; groups must be of three digits)")
+    ing.add_argument("--decimal", choices=[".", ","], default=".", metavar="MARK", help="decimal mark of the numbers: '.' (default) or ','; a comma is never guessed")
+    ing.add_argument("--thousands", choices=[",", ".", " ", "'", "_"], default=None, metavar="SEP",
+                     help="thousands separator of the numbers: one of , . ' _ or a space (default: none; groups must be of three digits)")
     ing.add_argument("--date-format", metavar="FORMAT", help="strptime format of the dates, e.g. %%Y%%m%%d; required for integer dates such as 20210201")
     ing.add_argument("--encoding", help="text encoding of a CSV (default: a byte-order mark, else UTF-8), e.g. latin-1, cp1252, utf-16")
 
@@ -144,7 +144,7 @@ def _ingest(args) -> int:
                         f"{r.rows_quarantined} quarantined; ingest {r.ingest_id} into {wh.path}")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #a72be0e4
+# %% ../nbs/10_cli.ipynb #e247addb
 _REPORT_OPTIONS = ("symbols", "start", "end", "initial_cash", "fees_bps", "slippage_bps", "seed",
                    "train_bars", "test_bars", "fast_windows", "slow_windows")
 
@@ -164,7 +164,7 @@ def _validate(args) -> int:
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #ef55547a
+# %% ../nbs/10_cli.ipynb #40e3b25c
 def _printable(s) -> str:
     s = str(s)
     return s if s.isprintable() else ascii(s)
@@ -193,7 +193,7 @@ def _status(args) -> int:
     if len(summary): print(status_table(summary))
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #5eaa7efc
+# %% ../nbs/10_cli.ipynb #71374c16
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ptrader` console script. Returns the exit code (see the top of this notebook)."
     args = _parser().parse_args(argv)

@@ -82,7 +82,7 @@ def normalize_columns(df: pd.DataFrame, # raw input, one column per field
                                   source=source, rule="missing_column")
     return df[list(mapping)].rename(columns=mapping)
 
-# %% ../nbs/01_data.ipynb #51545884
+# %% ../nbs/01_data.ipynb #1e7b7ed5
 SYMBOL_RULE = ("1 to 64 characters from A-Z, 0-9 and . _ ^ = -, starting with a letter, a digit or ^, "
                "with no '..' (case-insensitive, stored upper-case)")
 _SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9._^=-]{0,63}")
@@ -149,7 +149,7 @@ class ValidationResult:
 # %% ../nbs/01_data.ipynb #2c8a32c6
 _MISSING_TEXT = {"", "nan", "na", "n/a", "null", "none", "."}
 _NONFINITE_TEXT = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
-_COMMA_NUMBER = re.compile(r"[+-]?[\d.,]*\d[\d.,]*(?:[eE][+-]?\d+)?")
+_COMMA_NUMBER = re.compile(r"[+-]?[\d.,]*\d[\d.,]*(?:[eE][+-]?\d+)?", re.ASCII)
 
 def _check_separators(decimal: str, thousands: str | None):
     if decimal not in (".", ","): raise ValueError(f"decimal must be '.' or ',', got {decimal!r}")
@@ -160,7 +160,7 @@ def _number_pattern(decimal: str, thousands: str | None) -> re.Pattern:
     "The accepted number text: optional sign, digits (grouped by three with `thousands`), optional fraction and exponent."
     d = re.escape(decimal)
     whole = r"\d+" if thousands is None else rf"\d{{1,3}}(?:{re.escape(thousands)}\d{{3}})+|\d+"
-    return re.compile(rf"[+-]?(?:(?:{whole})(?:{d}\d*)?|{d}\d+)(?:[eE][+-]?\d+)?")
+    return re.compile(rf"[+-]?(?:(?:{whole})(?:{d}\d*)?|{d}\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # ASCII digits only
 
 def _is_missing_value(v) -> bool:
     return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)) \
@@ -205,8 +205,8 @@ def _parse_numeric(raw: pd.Series, # one numeric field as read
         nonfinite = ~np.isfinite(vals) & ~bad & ~comma
     return vals, bad, comma, nonfinite | missing
 
-# %% ../nbs/01_data.ipynb #6cf93996
-_DIGITS = re.compile(r"[+-]?\d+")
+# %% ../nbs/01_data.ipynb #aa68b87b
+_DIGITS = re.compile(r"[+-]?\d+", re.ASCII)
 
 def _as_date_text(v) -> str | None:
     "A date cell as text for the parser, or None if it is missing."
@@ -446,7 +446,7 @@ def load_bundled(name: str, # one of `BUNDLED`: SP500, NASDAQ, VIX, WTI
         df = pd.DataFrame({"open": df[col], "high": df[col], "low": df[col], "close": df[col]}, index=df.index)
     return df.rename_axis("Date").reset_index(), source, sha
 
-# %% ../nbs/01_data.ipynb #e1cd2179
+# %% ../nbs/01_data.ipynb #c264191a
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -581,7 +581,7 @@ def _version() -> str:
         return __version__
     except ImportError: return "unknown"
 
-# %% ../nbs/01_data.ipynb #b867deb7
+# %% ../nbs/01_data.ipynb #43fc2400
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
 def _db_file_exists(path: Path) -> bool:
@@ -615,7 +615,7 @@ def _storage_error(path: Path, e: BaseException, doing: str) -> WarehouseError:
     cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return WarehouseError(f"warehouse {path}: {doing} failed: {cause}; the warehouse is unchanged")
 
-# %% ../nbs/01_data.ipynb #2ee53d5b
+# %% ../nbs/01_data.ipynb #745e9f3c
 def _wait(attempt, # callable: returns a result, or raises BlockingIOError while another process holds the lock
           *, path: Path, timeout: float, holder=lambda: None):
     "Call `attempt` until it succeeds, with backoff 50 ms doubling to 1 s; `WarehouseBusyError` after `timeout` seconds."
