@@ -1175,7 +1175,8 @@ def compare_forecasts(table: pd.DataFrame, *, horizon: int = 1, loss: str = "mse
 
     A model without any finite forecast is left out, and rows where any remaining model's loss is not finite
     (a failed fit, an overflowing forecast) are dropped, both logged. Raises ValueError when fewer than two models
-    or fewer than 20 rows remain."""
+    or fewer than 20 rows remain. Models with identical losses (the same forecasts) enter the MCS as one model
+    and share its p-value and membership (the MCS statistic is undefined for a pair whose loss difference is 0)."""
     from ptrader.stats import data_snooping_tests, diebold_mariano
     _check_choice(loss, ("mse", "mae"), "loss")
     t = table[table.horizon == horizon]
@@ -1206,9 +1207,21 @@ def compare_forecasts(table: pd.DataFrame, *, horizon: int = 1, loss: str = "mse
             rows.append(dict(model_a=a, model_b=b, statistic=r.statistic, p_value=r.pvalue,
                              better=a if r.statistic < 0 else b))
             P.loc[a, b] = P.loc[b, a] = r.pvalue
-    sn = data_snooping_tests(-Lm.reset_index(drop=True), alpha=alpha, reps=reps, seed=seed)
-    mcs = pd.DataFrame({"p_value": sn.mcs_pvalues.reindex(names), "included": [n in sn.mcs_included for n in names],
-                        "mean_loss": Lm.mean()})
+    uniq, twin = [], {}   # models whose losses equal an earlier model's (ARIMA(0,1,0) on a random walk is the naive forecast)
+    for m in names:
+        t = next((u for u in uniq if np.array_equal(Lm[u].to_numpy(), Lm[m].to_numpy())), None)
+        if t is None: uniq.append(m)
+        else: twin[m] = t
+    if twin:
+        logger.info("compare_forecasts: %s have the same losses as %s; the MCS ranks each such group as one model",
+                    list(twin), [twin[m] for m in twin])
+    if len(uniq) >= 2:
+        sn = data_snooping_tests(-Lm[uniq].reset_index(drop=True), alpha=alpha, reps=reps, seed=seed)
+        pv, inc = sn.mcs_pvalues, set(sn.mcs_included)
+    else:
+        pv, inc = pd.Series(1.0, index=uniq), set(uniq)
+    mcs = pd.DataFrame({"p_value": [float(pv[twin.get(n, n)]) for n in names], "included": [twin.get(n, n) in inc for n in names],
+                        "mean_loss": Lm.mean()}, index=pd.Index(names, name=Lm.columns.name))
     return ComparisonResult(pd.DataFrame(rows), P, mcs, Lm, int(horizon), float(alpha))
 
 # %% ../nbs/04_forecast.ipynb #7e59868f

@@ -9,12 +9,15 @@ import datetime as dt
 import html
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import DEFAULTS, reports_dir as _reports_dir, template_path, warehouse_path
@@ -24,25 +27,30 @@ from .errors import ReportError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ValidationParams', 'check_params', 'prepare_warehouse', 'ReportRun', 'render_html', 'run_report',
+__all__ = ['log', 'FORECAST_WINDOW', 'FORECAST_H', 'ValidationParams', 'check_params', 'section_minimums', 'resolve_dates',
+           'prepare_warehouse', 'decimate', 'log_ticks', 'ReportRun', 'compress_plotly', 'render_html', 'run_report',
            'write_index']
 
 # %% ../nbs/09_reports.ipynb #b1a6870a
 class ValidationParams(BaseModel):
-    "Parameters of the validation report (`nbs/reports/validation.ipynb`)."
-    model_config = ConfigDict(extra="forbid")
+    """Parameters of the validation report (`nbs/reports/validation.ipynb`).
+
+    Every number must be finite and in range (a NaN or an infinity is refused by name, as is a negative cash or
+    more than 1000 bps of fees). `start` / `end` None mean the symbols' first / last bar: `resolve_dates` fills
+    them in from the warehouse before the run, and the report and its run record show the dates used."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     symbols: list[str] = Field(default_factory=lambda: list(DEFAULTS.symbols), min_length=1)
-    start: dt.date = dt.date(1999, 1, 1)  # first bar included
-    end: dt.date = dt.date(2018, 12, 31)  # last bar included
-    initial_cash: float = Field(DEFAULTS.initial_cash, gt=0)  # quote currency
+    start: dt.date | None = None  # first bar included; None: the earliest first bar of the symbols
+    end: dt.date | None = None  # last bar included; None: the latest last bar of the symbols
+    initial_cash: float = Field(DEFAULTS.initial_cash, gt=0, le=1e15)  # quote currency
     fees_bps: float = Field(DEFAULTS.fees_bps, ge=0, le=1000)  # commission per side, bps of traded value
     slippage_bps: float = Field(DEFAULTS.slippage_bps, ge=0, le=1000)  # adverse fill price move, bps
-    seed: int = Field(DEFAULTS.seed, ge=0)
+    seed: int = Field(DEFAULTS.seed, ge=0, le=2 ** 32 - 1)
     fast_windows: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])  # SMA lengths, bars
     slow_windows: list[int] = Field(default_factory=lambda: [50, 100, 150, 200])  # SMA lengths, bars
-    train_bars: int = Field(756, ge=100)  # walk-forward training window (about 3 years)
-    test_bars: int = Field(252, ge=20)  # walk-forward test window (about 1 year)
-    periods_per_year: int = Field(DEFAULTS.periods_per_year, gt=0)
+    train_bars: int = Field(756, ge=100, le=100_000)  # walk-forward training window (about 3 years)
+    test_bars: int = Field(252, ge=20, le=100_000)  # walk-forward test window (about 1 year)
+    periods_per_year: int = Field(DEFAULTS.periods_per_year, gt=0, le=525_600)  # bars per year (525,600: minute bars)
 
     @field_validator("symbols")
     @classmethod
@@ -56,13 +64,16 @@ class ValidationParams(BaseModel):
     @field_validator("fast_windows", "slow_windows")
     @classmethod
     def _windows(cls, v):
-        if not v or any(w < 1 for w in v): raise ValueError("windows must be a non-empty list of positive integers")
+        if not v or any(w < 1 or w > 100_000 for w in v): raise ValueError("windows must be a non-empty list of integers in [1, 100000]")
         return sorted(set(v))
 
     @model_validator(mode="after")
     def _order(self):
-        if self.start >= self.end: raise ValueError(f"start {self.start} must be before end {self.end}")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"start {self.start} must be before end {self.end}")
         if min(self.fast_windows) >= max(self.slow_windows): raise ValueError("every fast window is >= every slow window: no valid (fast, slow) pair")
+        if max(self.slow_windows) >= self.train_bars:
+            raise ValueError(f"the longest slow window ({max(self.slow_windows)}) must be shorter than train_bars ({self.train_bars})")
         return self
 
 def check_params(**kwargs) -> ValidationParams:
@@ -72,9 +83,35 @@ def check_params(**kwargs) -> ValidationParams:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'parameters'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"invalid report parameters: {problems}") from None
 
+
 # %% ../nbs/09_reports.ipynb #e680d0ec
+FORECAST_WINDOW, FORECAST_H = 750, 5  # the report's forecasting run: 750-bar sliding windows, horizons 1..5
+
+def section_minimums(params: ValidationParams) -> dict[str, int]:
+    """Bars each section of the validation report needs per symbol, by section name.
+
+    The walk-forward (sections 0, 3, 4) needs one training and one test window plus a bar to fill on,
+    ``train_bars + test_bars + 1``; forecasting (section 5) needs a 750-bar window, 5 horizons and 10 bars of
+    origins (``forecasting_section``'s ``window_size + h + 10``); data, prices and drawdowns need 3."""
+    return {"data, prices and drawdowns": 3, "walk-forward and statistical evidence": params.train_bars + params.test_bars + 1,
+            "forecasting": FORECAST_WINDOW + FORECAST_H + 10}
+
+def resolve_dates(params: ValidationParams, db_path: Path | str | None = None) -> ValidationParams:
+    """`params` with `start` / `end` filled in from the warehouse where they are None: the earliest first bar and
+    the latest last bar of the symbols (read-only). Raises ValueError when no symbol has a bar."""
+    if params.start is not None and params.end is not None: return params
+    path = Path(db_path) if db_path is not None else warehouse_path()
+    with Warehouse(path, read_only=True) as wh:
+        spans = [(b.index[0].date(), b.index[-1].date()) for s in params.symbols for b in [wh.bars(s)] if len(b)]
+    if not spans: raise ValueError(f"symbols: none of {params.symbols} has bars in {path}")
+    return params.model_copy(update={"start": params.start or min(a for a, _ in spans), "end": params.end or max(b for _, b in spans)})
+
 def prepare_warehouse(params: ValidationParams, db_path: Path | str | None = None) -> Path:
-    "Ingest missing bundled symbols and check every symbol has bars in the range. Returns the warehouse path."
+    """Ingest missing bundled symbols, then check the bars each symbol has in the range. Returns the warehouse path.
+
+    Raises ValueError when a symbol is neither in the warehouse nor bundled, or has fewer bars in the range than
+    the report's smallest section needs (3). A symbol too short for some sections is logged (warning) with the
+    sections and their minimums; the report shows those sections as skipped with the same numbers."""
     path = Path(db_path) if db_path is not None else warehouse_path()
     with Warehouse(path) as wh:
         have = set(wh.symbols())
@@ -86,13 +123,52 @@ def prepare_warehouse(params: ValidationParams, db_path: Path | str | None = Non
         if missing:
             log.info("ingesting bundled series %s into %s", missing, path)
             wh.ingest_bundled(missing)
-        for s in params.symbols:
-            n = len(wh.bars(s, params.start, params.end))
-            need = params.train_bars + params.test_bars + 1
-            if n < need:
-                raise ValueError(f"start/end: {s} has {n} bars between {params.start} and {params.end}; "
-                                 f"the walk-forward needs at least train_bars + test_bars + 1 = {need}")
+    p = resolve_dates(params, path)
+    need = section_minimums(p)
+    mins = ", ".join(f"{k} {v}" for k, v in need.items())
+    with Warehouse(path, read_only=True) as wh:
+        for s in p.symbols:
+            n = len(wh.bars(s, p.start, p.end))
+            if n < need["data, prices and drawdowns"]:
+                raise ValueError(f"start/end: {s} has {n} bars between {p.start} and {p.end}; the report needs at least "
+                                 f"{need['data, prices and drawdowns']} (bars per section: {mins})")
+            short = [f"{k} needs {v}" for k, v in need.items() if n < v]
+            if short:
+                log.warning("%s has %d bars between %s and %s: %s; those sections are shown as skipped", s, n, p.start, p.end, "; ".join(short))
     return path
+
+
+# %% ../nbs/09_reports.ipynb #d1a2b3c5
+def decimate(s: pd.Series, # a long line to draw (e.g. daily closes), indexed by time
+             max_points: int = 2000, # most points kept
+            ) -> pd.Series:
+    """For display only: `s` itself when it has at most `max_points` values, else its first and last value and the
+    lowest and highest value of each of ``(max_points - 2) // 2`` equal stretches, in time order. Peaks, troughs
+    and spikes survive (a drawdown's trough, a crash day); the tables are computed from every bar."""
+    n = len(s)
+    if n <= max_points: return s
+    v = s.to_numpy(dtype=float)
+    edges = np.linspace(0, n, (max_points - 2) // 2 + 1).astype(int)
+    keep = {0, n - 1}
+    for a, b in zip(edges[:-1], edges[1:]):
+        seg = v[a:b]
+        if b > a and np.isfinite(seg).any(): keep |= {a + int(np.nanargmin(seg)), a + int(np.nanargmax(seg))}
+    return s.iloc[sorted(keep)]
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi] (positive), labelled with plain numbers: 1, 2, 5 x 10^k, or, when
+    that gives fewer than 3 ticks (less than a decade), 1, 1.5, 2, 3, 5, 7 x 10^k, or, still fewer, evenly spaced
+    round numbers (steps of 1, 2, 2.5 or 5 x 10^k)."""
+    if not (0 < lo <= hi and np.isfinite(hi)): raise ValueError(f"lo, hi: need 0 < lo <= hi < inf, got {lo}, {hi}")
+    ks = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    for ms in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        inside = [m * 10.0 ** k for k in ks for m in ms if lo / 1.05 <= m * 10.0 ** k <= hi * 1.05]
+        if len(inside) >= 3: return [float(f"{t:.6g}") for t in inside]
+    raw = max(hi - lo, hi * 1e-6) / 4
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    return [float(f"{t:.6g}") for t in np.arange(math.ceil(lo / step) * step, hi + step / 2, step)]
+
 
 # %% ../nbs/09_reports.ipynb #24843444
 @dataclass(frozen=True)
@@ -113,14 +189,41 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError: out[pkg] = "not installed"
     return out
 
+_PLOTLY_JS = re.compile(r"<script>(/\*\*?\s*\n\* plotly\.js v[\s\S]*?)</script>")
+_MATHJAX_CDN = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"></script>')
+_LOADER = """<script>
+(function () {  // plotly.js, gzip-compressed by ptrader.reports.render_html; figures drawn once it is unpacked
+  var queue = [];
+  window.Plotly = {newPlot: function () { var a = arguments; return new Promise(function (ok, fail) { queue.push([a, ok, fail]); }); }};
+  var bytes = Uint8Array.from(atob("%s"), function (c) { return c.charCodeAt(0); });
+  new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text().then(function (code) {
+    var s = document.createElement("script"); s.text = code; document.head.appendChild(s);
+    queue.forEach(function (q) { Promise.resolve(window.Plotly.newPlot.apply(window.Plotly, q[0])).then(q[1], q[2]); });
+  });
+})();
+</script>"""
+
+def compress_plotly(page: str) -> str:
+    """`page` with its inline plotly.js (4.8 MB for plotly.js 4) replaced by a gzip + base64 copy (2 MB) that the
+    browser unpacks with `DecompressionStream` (Chromium 80, Firefox 113, Safari 16.4) before drawing the figures,
+    and without the MathJax CDN tag plotly adds to every figure (the report has no LaTeX in figures and must work
+    offline). Only the first plotly.js is compressed; a page without one is returned unchanged."""
+    import base64, gzip
+    page = _MATHJAX_CDN.sub("", page)
+    m = _PLOTLY_JS.search(page)
+    if m is None: return page
+    packed = base64.b64encode(gzip.compress(m.group(1).encode("utf-8"), 9, mtime=0)).decode("ascii")
+    return page[:m.start()] + (_LOADER % packed) + page[m.end():]
+
 def render_html(ipynb: Path, html_path: Path) -> Path:
-    "Render an executed notebook to standalone HTML with code cells and prompts hidden (nbconvert)."
+    """Render an executed notebook to standalone HTML with code cells and prompts hidden (nbconvert), plotly.js
+    embedded once and compressed (`compress_plotly`)."""
     import nbformat
     from nbconvert import HTMLExporter
     nb = nbformat.read(ipynb, as_version=4)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    html_path.write_text(body, encoding="utf-8")
+    html_path.write_text(compress_plotly(body), encoding="utf-8")
     return html_path
 
 def _failing_cell(ipynb: Path) -> str:
@@ -140,9 +243,13 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
                out_dir: Path | str | None = None, # where reports go (default `reports_dir()`)
                progress: bool = True, # Papermill's progress bar
                kernel_name: str = "python3",
+               quiet: bool | None = None, # silence the kernel's own log on stderr (default: `not progress`)
               ) -> ReportRun:
     """Execute `template` with `params` and write `<out_dir>/<template>-<symbols>-<UTC time>.ipynb`,
-    `.html` and `.json`, then rebuild `index.html`.
+    `.html` and `.json`, then rebuild `index.html`. `start` / `end` left None are resolved to the symbols' first /
+    last bar (`resolve_dates`) and recorded so. Quiet runs start the kernel with its log level at CRITICAL, which
+    silences ipykernel's "running over TCP without encryption" warning and its "KeyboardInterrupt caught in
+    kernel" at shutdown; errors in cells still reach the notebook and the record.
 
     Raises `ReportError` naming the failing cell when the notebook fails (the files are still written)."""
     import papermill as pm
@@ -150,6 +257,8 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db_path) if db_path is not None else warehouse_path()
+    if template == "validation": params = resolve_dates(params, db)
+    quiet = (not progress) if quiet is None else quiet
     started = dt.datetime.now(dt.timezone.utc)
     name = f"{template}-{'_'.join(params.symbols)}-{started:%Y%m%dT%H%M%S%fZ}"
     ipynb, html_path, record = out / f"{name}.ipynb", out / f"{name}.html", out / f"{name}.json"
@@ -157,7 +266,8 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     t0 = time.perf_counter(); status, error = "ok", None
     try:
         pm.execute_notebook(str(template_path(template)), str(ipynb), parameters=injected, kernel_name=kernel_name,
-                            progress_bar=progress, cwd=str(out), language="python")
+                            progress_bar=progress, cwd=str(out), language="python",
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"] if quiet else [])
     except pm.PapermillExecutionError:
         status, error = "failed", _failing_cell(ipynb)
     except Exception as e:  # the kernel could not start, the template is unreadable, ...

@@ -1,6 +1,7 @@
 """`ptrader validate` end to end: the report, its HTML (code hidden), the run index, parameter
 checks before any run, a failing template, and the template shipped inside the package."""
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -27,6 +28,10 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
                  "Max Drawdown Duration", "walk-forward folds", "plotly"):
         assert text.lower() in page.lower(), text
     assert "import numpy" not in page  # code is hidden
+    assert "deciding evidence" in page and "beat the benchmark" in page          # section 0: the verdicts
+    assert htmls[0].stat().st_size < 5e6 and page.count("DecompressionStream") == 1   # plotly.js once, compressed
+    assert "scattergl" not in page.lower() and not re.search(r">\s*(NaN|nan)\s*<", page)
+    assert "without encryption" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr   # --quiet
     record = json.loads(htmls[0].with_suffix(".json").read_text())
     assert record["status"] == "ok" and record["parameters"]["symbols"] == ["SP500"]
     index = (rep / "index.html").read_text()
@@ -48,7 +53,12 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
     (["--start", "2015-01-01", "--end", "2010-01-01"], "must be before end"),
     (["--start", "2010-02-30"], "start:"),
     (["--fees-bps", "-1"], "fees_bps"),
-    (["--symbols", "SP500", "--start", "2018-01-01"], "the walk-forward needs at least"),
+    (["--symbols", "SP500", "--start", "2030-01-01", "--end", "2031-01-01"], "needs at least 3"),
+    (["--initial-cash", "inf"], "--initial-cash"),
+    (["--initial-cash", "nan"], "--initial-cash"),
+    (["--fees-bps", "1001"], "fees_bps"),
+    (["--slippage-bps", "-inf"], "--slippage-bps"),
+    (["--train-bars", "150"], "train_bars"),
 ])
 def test_bad_parameters_fail_before_any_run(tmp_path, cli, args, message):
     r = cli("validate", *args, "--quiet")
@@ -81,3 +91,23 @@ def test_wheel_ships_the_template(tmp_path):
     whl = next(tmp_path.glob("ptrader-*.whl"))
     names = zipfile.ZipFile(whl).namelist()
     assert "ptrader/templates/validation.ipynb" in names and "ptrader/cli.py" in names
+
+
+@pytest.mark.parametrize("name,value", [("initial_cash", float("inf")), ("initial_cash", float("nan")), ("initial_cash", 0.0),
+                                        ("fees_bps", float("nan")), ("fees_bps", 1000.5), ("slippage_bps", float("inf")),
+                                        ("slippage_bps", -0.1), ("seed", -1), ("train_bars", 99), ("test_bars", 19),
+                                        ("periods_per_year", 0), ("fast_windows", [0]), ("slow_windows", [-5])])
+def test_every_numeric_parameter_is_checked_before_any_run(name, value):
+    "check_params refuses NaN, infinities and out-of-range numbers at once, naming the parameter."
+    from ptrader.reports import check_params
+    with pytest.raises(ValueError, match=name):
+        check_params(**{name: value})
+
+
+def test_a_short_range_runs_with_the_long_sections_skipped(tmp_path, cli):
+    "SP500 in 2018 (251 bars): the pre-run check names the minimums and the report runs the rest (no longer exit 2)."
+    r = cli("validate", "--symbols", "SP500", "--start", "2018-01-01", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "walk-forward and statistical evidence needs 1009" in r.stderr and "forecasting needs 765" in r.stderr
+    page = next((tmp_path / "reports").glob("validation-SP500-*.html")).read_text()
+    assert "Forecasting (section 5): SP500 needs 765 bars, the range holds 251" in page
