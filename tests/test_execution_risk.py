@@ -19,6 +19,7 @@ a limit, no entry fills after a close that was not ACTIVE or with the kill switc
 orders never fill, and the account reconciles.
 """
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,10 @@ def _compare(bars, en, ex, kill, reset, **kw):
     np.testing.assert_array_equal(mine[mine.kind == "kill_switch"].ts.to_numpy(), theirs[theirs.kind == "kill_switch"].ts.to_numpy())
     rj_m, rj_r = mine[mine.kind == "rejected"], theirs[theirs.kind == "rejected"]
     assert list(zip(_signal_bar(rj_m, bars.index), rj_m.rule)) == list(zip(_signal_bar(rj_r, bars.index), rj_r.rule))
+    # the breakers' own orders: same closes, same action, same quantity, same text
+    ac_m, ac_r = mine[mine.kind == "risk_action"], theirs[theirs.kind == "risk_action"]
+    assert list(zip(ac_m.ts, ac_m.rule, ac_m.reason)) == list(zip(ac_r.ts, ac_r.rule, ac_r.reason))
+    np.testing.assert_allclose(ac_m.qty.to_numpy(float), ac_r.qty.to_numpy(float), rtol=1e-9)
     return ours, ref
 
 
@@ -128,9 +133,12 @@ def test_live_policy_on_sp500_matches_paper_broker():
     ours, ref = _compare(bars, en, ex, kill, reset, fees_bps=5.0, slippage_bps=0.0, sl_stop=0.05, tp_stop=0.09,
                          size=0.95, limits=RiskLimits())
     ev = ours.risk_events
-    # the scenario has teeth: the breakers fired, orders were rejected for it, a reset re-enabled trading
+    # the scenario has teeth: the breakers fired, orders were rejected for it, a reset re-enabled trading,
+    # the warning sold half and the halt everything at the next open, reviews ended halts
     assert {"REDUCING", "HALTED"} <= set(ev.state_to) and (ev.rule == "reset").sum() > 5
     assert {"circuit_breaker_reducing", "kill_switch"} <= set(ev[ev.kind == "rejected"].rule)
+    assert {"reduce_positions", "close_all_positions"} <= set(ev[ev.kind == "risk_action"].rule) and "review" in set(ev.rule)
+    assert {"reduce_positions", "close_all_positions"} <= set(ours.orders.reason)
     assert len(ours.trades) > 20 and (ours.trades.exit_reason == "stop_loss").sum() > 3
 
 
@@ -188,6 +196,115 @@ def test_bad_risk_inputs_are_named():
         RiskLimits(dd_warn=0.2, dd_halt=0.1)
 
 
+# ---------------------------------------------------------------- halts, actions, review
+
+def _states(events, index):
+    "State after each close, rebuilt from the state changes of an event table."
+    chg = events[events.kind == "state_change"].groupby("ts")["state_to"].last()
+    return chg.reindex(index).ffill().fillna("ACTIVE").tolist()
+
+
+def _path(index, closes):
+    "Bars whose open is the previous close (the first opens at its close)."
+    c = np.asarray(closes, float); o = np.r_[c[0], c[:-1]]
+    return pd.DataFrame({"open": o, "high": np.maximum(o, c) * 1.001, "low": np.minimum(o, c) * 0.999, "close": c},
+                        index=pd.DatetimeIndex(index, name="ts"))
+
+
+def test_weekly_halt_lasts_the_iso_week_and_daily_halt_the_day():
+    """The issue's reproduction: long from Monday 1 March 2021, -6% on Monday 8 March against Friday's close
+    with a 5% weekly limit. Equity is back to -3% on the Tuesday; the halt must hold to Friday 12 March and
+    lift in the next ISO week, in `PaperBroker` and in the kernel alike (today's code lifted it on Tuesday).
+    The daily limit on hourly bars holds to the day's last bar whatever equity does, and lifts at the next
+    day's first bar."""
+    n = len(bars := _path(pd.bdate_range("2021-03-01", periods=12), [100] * 5 + [94, 97, 99, 100, 101, 101, 101]))
+    en = np.zeros(n, bool); en[0] = True; ex = np.zeros(n, bool); kill, reset = _masks(n)
+    kw = dict(fees_bps=0.0, slippage_bps=0.0, sl_stop=None, tp_stop=None, size=0.999)
+    ours, ref = _compare(bars, en, ex, kill, reset, limits=RiskLimits.permissive(weekly_loss=0.05), **kw)
+    want = ["ACTIVE"] * 5 + ["HALTED"] * 5 + ["ACTIVE"] * 2
+    assert _states(ours.risk_events, bars.index) == want and _states(ref.log.to_frame(), bars.index) == want
+    t0 = pd.Timestamp("2024-01-02")
+    hours = [t0 + pd.Timedelta(hours=h) for h in (10, 11, 12, 13, 14)] + [t0 + pd.Timedelta(days=1, hours=h) for h in (10, 11)]
+    bars = _path(hours, [100, 100, 94, 99, 100, 100, 100]); n = len(bars)
+    en = np.zeros(n, bool); en[0] = True; ex = np.zeros(n, bool); kill, reset = _masks(n)
+    ours, ref = _compare(bars, en, ex, kill, reset, limits=RiskLimits.permissive(daily_loss=0.05), **kw)
+    want = ["ACTIVE", "ACTIVE", "HALTED", "HALTED", "HALTED", "ACTIVE", "ACTIVE"]
+    assert _states(ours.risk_events, bars.index) == want and _states(ref.log.to_frame(), bars.index) == want
+
+
+def test_actions_with_fees_and_slippage_match_paper_broker():
+    """The actions the other way round (the warning closes everything, the halt sells 30% of what is
+    left), a 5-bar review, 5 bps slippage and 3 bps fees on every fill, a stop-loss bracket (no collar,
+    so the harness's far target passes): the same fills, equity, state changes and actions as
+    `PaperBroker` on 3,000 bars of the S&P 500."""
+    bars = _sp500().iloc[:3000]
+    en, ex = (s.to_numpy() for s in ma_crossover_signals(bars.close, 5, 30))
+    kill, reset = _masks(len(bars))
+    lim = RiskLimits(price_collar=math.inf, dd_warn=0.04, dd_halt=0.06, daily_loss=0.03, weekly_loss=0.05,
+                     on_warn="close_all_positions", on_halt="reduce_positions", reduce_fraction=0.3, review_bars=5)
+    ours, _ = _compare(bars, en, ex, kill, reset, fees_bps=3.0, slippage_bps=5.0, sl_stop=0.04, tp_stop=None,
+                       size=0.95, limits=lim)
+    ev = ours.risk_events
+    assert {"reduce_positions", "close_all_positions"} <= set(ev[ev.kind == "risk_action"].rule)
+    assert (ev.rule == "review").sum() > 5 and (ours.trades.exit_reason == "stop_loss").sum() > 3
+    # every risk order fills at the next open, after slippage, with the fee on its value
+    o = ours.orders[ours.orders.reason.isin(["reduce_positions", "close_all_positions"])]
+    np.testing.assert_allclose(o.price.to_numpy(), bars.open.loc[o.time].to_numpy() * (1 - 5e-4), rtol=1e-12)
+    np.testing.assert_allclose(o.fees.to_numpy(), o.value.to_numpy() * 3e-4, rtol=1e-12)
+    acts = ev[ev.kind == "risk_action"]
+    nxt = bars.index[bars.index.get_indexer(acts.ts) + 1]
+    assert list(zip(nxt, acts.rule)) == list(zip(o.time, o.reason))
+
+
+def test_review_ends_the_halt_and_resets_the_high_water_mark():
+    """A 20% gap down halts the book (the warning and the halt on the same close: the halt's close-all
+    wins); the flat book's equity is constant afterwards. With `review_bars=21` the state returns to
+    ACTIVE exactly 21 marks after the halt, the high-water mark is that equity (a 12.5% fall from it warns
+    again), and the next entry fills; with `review_bars=None` it stays HALTED to the end. Both engines."""
+    closes = [100] * 5 + [80] * 30 + [70] * 5
+    bars = _path(pd.bdate_range("2022-01-03", periods=len(closes)), closes); n = len(bars)
+    en = np.zeros(n, bool); en[[0, 30]] = True; ex = np.zeros(n, bool); kill, reset = _masks(n)
+    kw = dict(fees_bps=0.0, slippage_bps=0.0, sl_stop=None, tp_stop=None, size=1.0)
+    lim = RiskLimits(daily_loss=0.5, weekly_loss=0.5)
+    ours, ref = _compare(bars, en, ex, kill, reset, limits=lim, **kw)
+    st = ours.risk_events[ours.risk_events.kind == "state_change"]
+    halt, review = bars.index.get_loc(st.ts.iloc[0]), bars.index.get_loc(st.ts.iloc[1])
+    assert (halt, st.state_to.iloc[0], st.rule.iloc[0]) == (5, "HALTED", "drawdown")
+    assert (review - halt, st.state_to.iloc[1], st.rule.iloc[1]) == (21, "ACTIVE", "review")
+    assert list(ours.orders.reason) == ["entry", "close_all_positions", "entry", "reduce_positions"]
+    assert ours.orders.time.iloc[2] == bars.index[31]          # the entry signalled at bar 30 fills
+    assert ref.risk.peak == float(ours.equity.iloc[review])   # the mark the review accepted, never exceeded since
+    blocked = replace(lim, review_bars=None)
+    ours, ref = _compare(bars, en, ex, kill, reset, limits=blocked, **kw)
+    assert _states(ours.risk_events, bars.index)[5:] == ["HALTED"] * (n - 5) and ref.risk.state.value == "HALTED"
+    assert list(ours.orders.reason) == ["entry", "close_all_positions"]
+
+
+def test_grid_walk_forward_and_multi_take_the_same_actions():
+    """The live defaults everywhere: a grid column is the single backtest (equity, actions), the
+    walk-forward's out-of-sample backtest is the stitched signals' backtest with the same risk events,
+    and a one-symbol portfolio is the single backtest, risk actions and orders included."""
+    bars = _sp500().iloc[:2500]
+    en, ex = ma_crossover_signals(bars.close, 5, 20)
+    one = backtest_signals(bars, en, ex, fees_bps=2, slippage_bps=1, sl_stop=0.05)
+    assert {"reduce_positions", "close_all_positions"} <= set(one.orders.reason)
+    E = pd.concat({"a": en, "b": en}, axis=1); X = pd.concat({"a": ex, "b": ex}, axis=1)
+    g = backtest_signals_grid(bars, E, X, fees_bps=2, slippage_bps=1, sl_stop=[0.05, None])
+    np.testing.assert_array_equal(g.equity["a"].to_numpy(), one.equity.to_numpy())
+    assert g.n_risk_actions["a"] == (one.risk_events.kind == "risk_action").sum() > 0
+    m = backtest_signals_multi({"asset": bars}, en.to_frame("asset"), ex.to_frame("asset"), fees_bps=2,
+                               slippage_bps=1, sl_stop=0.05)
+    np.testing.assert_array_equal(m.equity.to_numpy(), one.equity.to_numpy())
+    pd.testing.assert_frame_equal(m.orders.drop(columns="symbol"), one.orders)
+    pd.testing.assert_frame_equal(m.risk_events, one.risk_events)
+    sig = lambda b, fast, slow: ma_crossover_signals(b["close"], fast, slow)
+    wf = walk_forward(bars, sig, {"fast": [5, 10], "slow": [30, 60]}, train_size=750, test_size=250, fees_bps=2)
+    replay = backtest_signals(bars.loc[wf.entries.index], wf.entries, wf.exits, fees_bps=2)
+    np.testing.assert_array_equal(replay.equity.to_numpy(), wf.backtest.equity.to_numpy())
+    pd.testing.assert_frame_equal(replay.risk_events, wf.backtest.risk_events)
+    assert (wf.backtest.risk_events.kind == "risk_action").any()
+
+
 # ---------------------------------------------------------------- properties
 
 def _bars(seed, n, start="2020-01-01"):
@@ -200,14 +317,37 @@ def _bars(seed, n, start="2020-01-01"):
                         index=pd.date_range(start, periods=n, freq="B", name="ts"))
 
 
+_ACTIONS = ["block", "reduce_positions", "close_all_positions"]
 _limits = st.builds(
-    lambda notional, qty, pos, gross, dd_warn, extra, day, week, rate_n, rate_d: RiskLimits(
+    lambda notional, qty, pos, gross, dd_warn, extra, day, week, rate_n, rate_d, on_warn, on_halt, frac, review: RiskLimits(
         max_order_notional=notional, max_order_qty=qty, max_position_frac=pos, max_gross_exposure_frac=gross,
         dd_warn=dd_warn, dd_halt=dd_warn + extra, daily_loss=day, weekly_loss=week, max_orders_per_window=rate_n,
-        rate_window_s=rate_d * 86_400.0),
+        rate_window_s=rate_d * 86_400.0, on_warn=on_warn, on_halt=on_halt, reduce_fraction=frac, review_bars=review),
     st.sampled_from([math.inf, 40_000.0, 90_000.0]), st.sampled_from([math.inf, 300.0, 800.0]),
     st.floats(0.2, 1.0), st.floats(0.3, 1.0), st.floats(0.03, 0.3), st.floats(0.0, 0.2),
-    st.floats(0.01, 0.2), st.floats(0.02, 0.3), st.integers(1, 20), st.floats(1, 60))
+    st.floats(0.01, 0.2), st.floats(0.02, 0.3), st.integers(1, 20), st.floats(1, 60),
+    st.sampled_from(_ACTIONS), st.sampled_from(_ACTIONS), st.floats(0.1, 1.0), st.one_of(st.none(), st.integers(1, 30)))
+
+
+def _check_actions_fill_next_open(r, index, bars_of):
+    """Every `risk_action` event at a close is filled at that symbol's next bar's open (the only fill of
+    that reason and symbol there) with the event's quantity, unless the kill switch or a halt cancelled it
+    (a `cancelled` event of that symbol at that close) or no bar is left."""
+    ev = r.risk_events
+    o = r.orders
+    sym_of = (lambda f: f.symbol) if "symbol" in o else (lambda f: "asset")
+    fills = {(f.time, sym_of(f), f.reason): f for _, f in o[o.reason.isin(["reduce_positions", "close_all_positions"])].iterrows()}
+    used = 0
+    for _, a in ev[ev.kind == "risk_action"].iterrows():
+        sym = a.symbol if a.symbol is not None else "asset"
+        b = bars_of(sym)
+        later = b.index[b.index > a.ts]
+        cancelled = ev[(ev.kind == "cancelled") & (ev.ts >= a.ts) & (ev.symbol == a.symbol) & (ev.side == -1)]
+        if not len(later) or (len(cancelled) and (not len(later) or cancelled.ts.iloc[0] < later[0])): continue
+        f = fills[(later[0], sym, a.rule)]; used += 1
+        assert f["size"] == pytest.approx(a.qty, rel=1e-12) and f.side == "sell"
+        assert f.price == pytest.approx(b.open[later[0]] * (1 - 2e-4), rel=1e-12)
+    assert used == len(fills)
 
 
 def _state_after_close(events, index):
@@ -254,10 +394,11 @@ def test_single_symbol_fills_never_break_a_limit(seed, n, p, limits, sl, kill_p,
     r = backtest_signals(bars, en, ex, fees_bps=3, slippage_bps=2, sl_stop=sl, size=size, risk=limits,
                          kill_switch=kill, risk_reset=reset)
     _check_fills_obey(r, limits, 100_000.0, bars.index, multi=False)
+    _check_actions_fill_next_open(r, bars.index, lambda s: bars)
     # the permissive run differs only where a rule acted
     free = backtest_signals(bars, en, ex, fees_bps=3, slippage_bps=2, sl_stop=sl, size=size,
                             risk=RiskLimits.permissive(), kill_switch=kill, risk_reset=reset)
-    if not (r.risk_events.kind.isin(["rejected", "cancelled"])).any():
+    if not (r.risk_events.kind.isin(["rejected", "cancelled", "risk_action"])).any():
         np.testing.assert_array_equal(r.equity.to_numpy(), free.equity.to_numpy())
 
 
@@ -273,6 +414,7 @@ def test_multi_symbol_fills_never_break_a_limit(seed, n, p, limits, size, kill_p
     kill = pd.Series(rng.random(len(idx)) < kill_p, index=idx)
     r = backtest_signals_multi(syms, E, X, fees_bps=3, slippage_bps=2, size=size, risk=limits, kill_switch=kill)
     _check_fills_obey(r, limits, 100_000.0, idx, multi=True)
+    _check_actions_fill_next_open(r, idx, lambda s: syms[s])
     # position value and gross exposure at each entry fill, against the equity marked at the previous closes
     closes = pd.DataFrame({s: v.close for s, v in syms.items()}).reindex(idx).ffill()
     prev_close = closes.shift(1)
@@ -282,8 +424,8 @@ def test_multi_symbol_fills_never_break_a_limit(seed, n, p, limits, size, kill_p
         held = (r.positions.iloc[t - 1] if t else r.positions.iloc[0] * 0).copy()
         cash = cash_before.iloc[t]
         for _, f in grp.iterrows():   # fills of one timestamp in the kernel's order: exits, entries, stops
-            if f.side == "sell" and f.reason == "signal":
-                cash += f.value - f.fees; held[f.symbol] = 0.0
+            if f.side == "sell" and f.reason in ("signal", "reduce_positions", "close_all_positions"):
+                cash += f.value - f.fees; held[f.symbol] -= f["size"]
             elif f.side == "buy":
                 gross = float((held * prev_close.iloc[t]).fillna(0).sum())
                 eq = cash + gross
@@ -314,3 +456,13 @@ def test_event_buffer_overflow_runs_again_with_room():
          no, no, lim, np.zeros(1, bool))
     np.testing.assert_array_equal(simulate_portfolio_nb(*m, 100_000)[6], simulate_portfolio_nb(*m, 0)[6])
     np.testing.assert_array_equal(simulate_portfolio_nb(*m, 0)[6], tight)
+    # partial sales by `reduce_positions` beyond the multi-symbol kernel's record room: rerun, same records
+    lim = risk_limits_array(RiskLimits(dd_warn=0.02, dd_halt=0.9, daily_loss=0.9, weekly_loss=0.9, reduce_fraction=0.1,
+                                       review_bars=1))
+    m = (*[x[:, None] for x in a], en[:, None], ex[:, None], 1e5, 1e-4, 0.0, np.nan, np.nan, 1.0, True, ts, day, week,
+         no, no, lim, np.zeros(1, bool))
+    roomy, tight = simulate_portfolio_nb(*m, 100_000), simulate_portfolio_nb(*m, 0)
+    assert (roomy[4][:, 5] == 5).sum() > 10                # many reductions (reason code REASON_REDUCE = 5)
+    for x, y in zip(roomy, tight): np.testing.assert_array_equal(x, y)
+    single = simulate_signals_nb(*a, en, ex, 1e5, 1e-4, 0.0, np.nan, np.nan, 1.0, True, ts, day, week, no, no, lim, False)
+    np.testing.assert_array_equal(single[4], roomy[4][:, :7]); np.testing.assert_array_equal(single[2], roomy[2])
