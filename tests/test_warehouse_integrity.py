@@ -482,12 +482,11 @@ def small_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _big_csv(p, n):
+def _big_parquet(p, n):
     rng = np.random.default_rng(3)
-    px = 100 + np.cumsum(rng.normal(0, 0.5, n)).round(4)
-    px = np.abs(px) + 1
+    px = np.abs(100 + np.cumsum(rng.normal(0, 0.5, n))) + 1
     ts = pd.date_range("1990-01-01", periods=n, freq="min")
-    pd.DataFrame({"Date": ts.strftime("%Y-%m-%d %H:%M"), "Open": px, "High": px + 0.5, "Low": px - 0.5, "Close": px, "Volume": rng.integers(1, 10**6, n)}).to_csv(p, index=False)
+    pd.DataFrame({"Date": ts, "Open": px, "High": px + 0.5, "Low": px - 0.5, "Close": px, "Volume": rng.integers(1, 10**6, n)}).to_parquet(p)
     return p
 
 
@@ -496,7 +495,7 @@ def test_full_disk_reports_the_real_cause(cli, small_fs, template, tmp_path, whe
     db = small_fs / "w.duckdb"
     shutil.copyfile(template, db)
     if where == "writing":  # room for the copy, not for 300,000 new rows
-        f = _big_csv(tmp_path / "big.csv", 300_000)
+        f = _big_parquet(tmp_path / "big.parquet", 300_000)
     else:  # not even room for the copy of the warehouse
         f = tmp_path / "small.csv"
         f.write_text(H + ROW)
