@@ -20,6 +20,7 @@ requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
 gpu_requirements = cfg.get('gpu_requirements', '').split()
 bench_requirements = cfg.get('bench_requirements', '').split()
+llm_requirements = cfg.get('llm_requirements', '').split()
 lic = licenses.get(cfg['license'].lower(), cfg['license'])
 min_python = cfg['min_python']
 console_scripts = cfg.get('console_scripts', '').split()
@@ -39,7 +40,7 @@ setuptools.setup(
     package_dir={'ptrader.templates': 'nbs/reports'},
     package_data={'ptrader.templates': ['*.ipynb']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'gpu': gpu_requirements, 'bench': bench_requirements},
+    extras_require={'dev': dev_requirements, 'gpu': gpu_requirements, 'bench': bench_requirements, 'llm': llm_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
