@@ -15,22 +15,22 @@ import numpy as np
 import scipy.fft as sfft
 from numba import njit, prange
 from scipy import integrate, optimize
-from scipy.sparse.linalg import LinearOperator, svds
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, svds
 
-from .errors import DataValidationError
+from .errors import ConvergenceFailure, DataValidationError
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'METHODS', 'EMBEDDINGS', 'BACKENDS', 'hankel_embed', 'page_embed', 'TrajectoryOperator',
-           'trajectory_operator', 'series_weights', 'lag_covariance_nb', 'decompose', 'marchenko_pastur_median',
-           'gavish_donoho_threshold', 'select_rank', 'diagonal_average_nb', 'hankelize_nb', 'diagonal_average_fft',
-           'diagonal_average', 'wcorr', 'lrr_coefficients', 'lrr_extend_nb', 'recurrent_forecast', 'vector_forecast',
-           'SSA', 'batched_ssa_nb', 'batched_eigh_subspace', 'batched_ssa_xp', 'cupy_or_none', 'resolve_backend',
-           'BatchedSSAResult', 'batched_ssa', 'rolling_ssa']
+__all__ = ['logger', 'METHODS', 'EMBEDDINGS', 'BACKENDS', 'DEFAULT_TOL', 'TRUNCATED', 'hankel_embed', 'page_embed',
+           'TrajectoryOperator', 'trajectory_operator', 'series_weights', 'lag_covariance_nb', 'SVDResult', 'decompose',
+           'marchenko_pastur_median', 'gavish_donoho_threshold', 'select_rank', 'diagonal_average_nb', 'hankelize_nb',
+           'diagonal_average_fft', 'diagonal_average', 'wcorr', 'lrr_coefficients', 'lrr_extend_nb',
+           'recurrent_forecast', 'vector_forecast', 'SSA', 'batched_ssa_nb', 'batched_eigh_subspace', 'batched_ssa_xp',
+           'cupy_or_none', 'resolve_backend', 'BatchedSSAResult', 'batched_ssa', 'rolling_ssa']
 
 # %% ../nbs/03_ssa.ipynb #212e3d6c
-METHODS = ("auto", "full", "eigen", "lanczos", "propack", "randomized")
+METHODS = ("auto", "full", "eigen", "irlba", "lanczos", "propack", "randomized")
 EMBEDDINGS = ("hankel", "page")
 BACKENDS = ("auto", "cpu", "gpu")
 
@@ -160,6 +160,14 @@ class TrajectoryOperator(LinearOperator):
     ----------
     N, M, L, K : int
         Series length, channels, rows, columns per channel (the operator has M*K columns).
+    n_matvec, n_rmatvec : int
+        Products ``X v`` and ``X^T u`` computed so far, counted per vector (a block of b vectors counts b).
+
+    Notes
+    -----
+    `matmat_rows` / `rmatmat_rows` take and return blocks of vectors as *rows* (shape (b, n)): one batched real FFT
+    over contiguous rows, which pocketfft vectorizes across the rows, so a block of 8 costs well under 8 single
+    products. Every other product method goes through them.
 
     References
     ----------
@@ -174,53 +182,53 @@ class TrajectoryOperator(LinearOperator):
         self.L = _check_L(L, self.N)
         self.K = _n_columns(self.N, self.L, self.embedding)
         super().__init__(dtype=np.dtype(np.float64), shape=(self.L, self.M * self.K))
+        self.n_matvec = self.n_rmatvec = 0
+        self._a = a
         if self.embedding == "hankel":
             self.nfft = sfft.next_fast_len(self.N, real=True)
-            self._fx = sfft.rfft(a, n=self.nfft, axis=0)  # (nfft//2+1, M)
-            self._a = a
+            self._fx = [sfft.rfft(a[:, m], n=self.nfft) for m in range(self.M)]   # (nfft//2+1,) per channel
         else:
             off = self.N - self.K * self.L
             self._page = [np.ascontiguousarray(a[off:, m].reshape(self.K, self.L).T) for m in range(self.M)]
 
-    def _matmat(self, V):
-        V = np.asarray(V, dtype=np.float64).reshape(self.M * self.K, -1)
+    def _corr(self, m: int, R, lo: int, n_out: int):
+        "Rows of R (b, len) correlated with channel m: irfft(fx * rfft(R reversed))[:, lo:lo+n_out]."
+        f = sfft.rfft(R[:, ::-1], n=self.nfft, axis=-1, workers=-1)
+        f *= self._fx[m]
+        return sfft.irfft(f, n=self.nfft, axis=-1, workers=-1)[:, lo:lo + n_out]
+
+    def matmat_rows(self, Vr) -> np.ndarray:
+        "``(X V)^T`` for V given as rows: Vr (b, M*K) -> (b, L), float64."
+        Vr = np.asarray(Vr, dtype=np.float64).reshape(-1, self.M * self.K)
+        self.n_matvec += Vr.shape[0]
         L, K = self.L, self.K
-        out = np.zeros((L, V.shape[1]))
+        out = np.zeros((Vr.shape[0], L))
         for m in range(self.M):
-            Vm = V[m * K:(m + 1) * K]
-            if self.embedding == "page":
-                out += self._page[m] @ Vm
-            else:
-                fv = sfft.rfft(Vm[::-1], n=self.nfft, axis=0, workers=-1)
-                out += sfft.irfft(self._fx[:, m, None] * fv, n=self.nfft, axis=0, workers=-1)[K - 1:K - 1 + L]
+            Vm = Vr[:, m * K:(m + 1) * K]
+            out += Vm @ self._page[m].T if self.embedding == "page" else self._corr(m, Vm, K - 1, L)
         return out
+
+    def rmatmat_rows(self, Ur) -> np.ndarray:
+        "``(X^T U)^T`` for U given as rows: Ur (b, L) -> (b, M*K), float64."
+        Ur = np.asarray(Ur, dtype=np.float64).reshape(-1, self.L)
+        self.n_rmatvec += Ur.shape[0]
+        L, K = self.L, self.K
+        out = np.empty((Ur.shape[0], self.M * K))
+        for m in range(self.M):
+            out[:, m * K:(m + 1) * K] = Ur @ self._page[m] if self.embedding == "page" else self._corr(m, Ur, L - 1, K)
+        return out
+
+    def _matmat(self, V):
+        return self.matmat_rows(np.asarray(V, dtype=np.float64).reshape(self.M * self.K, -1).T).T
 
     def _rmatmat(self, U):
-        U = np.asarray(U, dtype=np.float64).reshape(self.L, -1)
-        L, K = self.L, self.K
-        out = np.empty((self.M * K, U.shape[1]))
-        fu = None if self.embedding == "page" else sfft.rfft(U[::-1], n=self.nfft, axis=0, workers=-1)
-        for m in range(self.M):
-            if self.embedding == "page":
-                out[m * K:(m + 1) * K] = self._page[m].T @ U
-            else:
-                out[m * K:(m + 1) * K] = sfft.irfft(self._fx[:, m, None] * fu, n=self.nfft, axis=0,
-                                                     workers=-1)[L - 1:L - 1 + K]
-        return out
+        return self.rmatmat_rows(np.asarray(U, dtype=np.float64).reshape(self.L, -1).T).T
 
     def _matvec(self, v):
-        if self.embedding == "page" or self.M > 1:
-            return self._matmat(np.reshape(v, (-1, 1)))[:, 0]
-        K, n = self.K, self.nfft   # one vector, one channel: 1-D transforms are cheapest (Lanczos hot path)
-        fv = sfft.rfft(np.asarray(v, dtype=np.float64).reshape(-1)[::-1], n=n)
-        return sfft.irfft(self._fx[:, 0] * fv, n=n)[K - 1:K - 1 + self.L]
+        return self.matmat_rows(np.reshape(v, (1, -1)))[0]
 
     def _rmatvec(self, u):
-        if self.embedding == "page" or self.M > 1:
-            return self._rmatmat(np.reshape(u, (-1, 1)))[:, 0]
-        L, n = self.L, self.nfft
-        fu = sfft.rfft(np.asarray(u, dtype=np.float64).reshape(-1)[::-1], n=n)
-        return sfft.irfft(self._fx[:, 0] * fu, n=n)[L - 1:L - 1 + self.K]
+        return self.rmatmat_rows(np.reshape(u, (1, -1)))[0]
 
     def _adjoint(self):
         return LinearOperator(dtype=self.dtype, shape=(self.shape[1], self.shape[0]),
@@ -278,17 +286,207 @@ def lag_covariance_nb(x, L):
     return S
 
 # %% ../nbs/03_ssa.ipynb #43a03749
+DEFAULT_TOL = 1e-7          # residual tolerance of the iterative methods, relative to sigma_1
+TRUNCATED = ("irlba", "propack", "lanczos", "randomized")
 _FULL_MAX_BYTES = 2 ** 30   # never build an explicit trajectory matrix larger than this in "auto"
 
 
+@dataclass(frozen=True)
+class SVDResult:
+    """Leading singular triples of a trajectory matrix and how they were obtained.
+
+    Unpacks like the tuple it replaces: ``U, s, V, method = decompose(...)``.
+
+    Attributes
+    ----------
+    U : ndarray (L, r);  s : ndarray (r,), decreasing;  V : ndarray (M*K, r);  method : str, the method used.
+    diagnostics : dict
+        ``products`` (operator products X v plus X^T u, counted per vector; ``n_matvec``/``n_rmatvec`` separately),
+        ``residuals`` (r,) -- per triple ``max(||X v - s u||, ||X^T u - s v||) / s_1`` (None for the direct methods),
+        ``residual_kind`` ("explicit": computed with 2r extra products; "recurrence": read off the Lanczos
+        recurrence), ``tol``, ``converged``, method-specific counts (``steps``, ``restarts``, ``power_iterations``),
+        and for ``method="auto"`` the ``reason`` for the choice and ``tried``: one dict per method attempted
+        (``method``, ``converged``, ``residual``, ``products``, ``error``).
+    """
+    U: np.ndarray
+    s: np.ndarray
+    V: np.ndarray
+    method: str
+    diagnostics: dict
+
+    def __iter__(self):
+        return iter((self.U, self.s, self.V, self.method))
+
+
+def _explicit_residuals(op, U, s, V) -> np.ndarray:
+    "Per triple ``max(||X v - s u||, ||X^T u - s v||) / s_1``, with 2r batched products."
+    XV = op.matmat_rows(V.T)
+    XtU = op.rmatmat_rows(U.T)
+    res = np.maximum(np.linalg.norm(XV - (U * s).T, axis=1), np.linalg.norm(XtU - (V * s).T, axis=1))
+    return res / s[0] if s[0] > 0 else res
+
+# %% ../nbs/03_ssa.ipynb #a1c0ff02
+def _orth_rows(W, floor: float, rng, against=()):
+    """Orthonormal rows Q (b, n) and A (b, b) with ``W = A^T Q`` (SVQB twice: eigendecomposition of the Gram matrix).
+
+    Directions of W with norm <= `floor` are dropped (their row of A is zero) and replaced by random directions
+    orthogonal to every block in `against` and to the kept rows, so Q always has b orthonormal rows."""
+    lam, E = np.linalg.eigh(W @ W.T)
+    d = np.sqrt(np.maximum(lam, 0.0))
+    ok = d > max(floor, 1e-14 * d[-1])
+    A = (E * d).T
+    A[~ok] = 0.0
+    Q = (E[:, ok] / d[ok]).T @ W
+    lam2, E2 = np.linalg.eigh(Q @ Q.T)                 # second pass restores orthogonality lost to the squaring
+    d2 = np.sqrt(lam2)
+    Q = (E2 / d2).T @ Q
+    A = np.vstack([(E2 * d2).T @ A[ok], A[~ok]])
+    nbad = int((~ok).sum())
+    if nbad:
+        Z = rng.standard_normal((nbad, W.shape[1]))
+        for _ in range(2):
+            for B in (*against, Q):
+                Z -= (Z @ B.T) @ B
+        Q = np.vstack([Q, np.linalg.qr(Z.T)[0].T])
+    return np.ascontiguousarray(Q), A
+
+
+def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = None, max_restarts: int = 100,
+           seed: int = 0):
+    """Thick-restarted (block) Golub-Kahan-Lanczos bidiagonalization with full reorthogonalization.
+
+    Builds orthonormal bases (rows) V_m, U_m with ``X V_m^T = U_m^T C`` exactly and ``X^T U_m^T = V_m^T C^T + Vn^T A
+    E_last^T``; the Ritz triples of the small matrix C have ``X v = s u`` to rounding and ``||X^T u - s v|| =
+    ||A p_last||``, so the stopping test ``max_k ||A p_last,k|| <= tol * s_1`` costs nothing. When the basis reaches
+    `ncv` vectors it restarts from the leading Ritz vectors (Baglama & Reichel's augmentation by Ritz vectors).
+    Products per step: ``2 * block_size``, batched."""
+    L, KM = op.shape
+    b = block_size
+    rng = np.random.default_rng(seed)
+    ncv = max(3 * r + 2 * b, r + 25) if ncv is None else int(ncv)
+    ncv = min(ncv, min(L, KM) - b)
+    if ncv < r + b:
+        raise ValueError(f"ncv: irlba needs r + block_size <= ncv <= min(L, K) - block_size; got ncv={ncv} for "
+                         f"rank {r}, block size {b}, min(L, K)={min(L, KM)}")
+    keep = max(r + b, (ncv + r) // 2)
+    Vb, Ub, C = np.empty((ncv + b, KM)), np.empty((ncv + b, L)), np.zeros((ncv + b, ncv + b))
+    Vn, _ = _orth_rows(rng.standard_normal((b, KM)), 0.0, rng)
+    m, ulo, s1, restarts, steps = 0, 0, 0.0, 0, 0
+    while True:
+        W = op.matmat_rows(Vn)                                    # X Vn, (b, L)
+        H = np.zeros((m, b))
+        for lo in (ulo, 0):                                       # the last block, then everything: CGS2
+            if m > lo:
+                h = Ub[lo:m] @ W.T
+                W -= h.T @ Ub[lo:m]
+                H[lo:m] += h
+        Uj, A = _orth_rows(W, 1e-15 * s1, rng, (Ub[:m],))
+        C[:m, m:m + b], C[m:m + b, :m], C[m:m + b, m:m + b] = H, 0.0, A
+        Vb[m:m + b], Ub[m:m + b] = Vn, Uj
+        ulo, m = m, m + b
+        Z = op.rmatmat_rows(Uj)                                   # X^T U_j, (b, KM)
+        for lo in (ulo, 0):
+            g = Vb[lo:m] @ Z.T
+            Z -= g.T @ Vb[lo:m]
+        P, s, Qt = np.linalg.svd(C[:m, :m])
+        s1 = s[0]
+        Vn, Az = _orth_rows(Z, 1e-15 * s1, rng, (Vb[:m],))
+        steps += 1
+        res = np.linalg.norm(Az @ P[ulo:m, :r], axis=0)
+        converged = res.max() <= tol * s1
+        if converged or (m + b > ncv and restarts >= max_restarts):
+            break
+        if m + b > ncv:                                            # thick restart on the leading Ritz vectors
+            restarts += 1
+            Vb[:keep], Ub[:keep] = Qt[:keep] @ Vb[:m], P[:, :keep].T @ Ub[:m]
+            C[:] = 0.0
+            C[:keep, :keep] = np.diag(s[:keep])
+            m, ulo = keep, 0
+    U = (P[:, :r].T @ Ub[:m]).T
+    V = (Qt[:r] @ Vb[:m]).T
+    info = dict(steps=steps, restarts=restarts, ncv=ncv, block_size=b,
+                residuals=res / s1 if s1 > 0 else res, residual_kind="recurrence", converged=bool(converged))
+    return U, s[:r], V, info
+
+# %% ../nbs/03_ssa.ipynb #a1c0ff05
+def _qr_rows(Y) -> np.ndarray:
+    "Orthonormal rows spanning the rows of Y (b, n), b <= n (Householder QR)."
+    return np.ascontiguousarray(np.linalg.qr(Y.T)[0].T)
+
+
+def _svd_randomized(op, r: int, *, tol: float, n_oversamples: int = 10, n_iter: int = 2, max_iter: int | None = None,
+                    seed: int = 0):
+    """Randomized SVD: the range finder with `n_iter` power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4,
+    re-orthonormalized after every product), then the direct SVD of ``B = Q^T X`` (their Alg. 5.1).
+
+    The Ritz triples satisfy ``X^T u = s v`` exactly; ``||X v - s u||`` is computed (r products) and recorded. While it
+    is above ``tol * s_1`` and fewer than `max_iter` power iterations have been done (default: exactly `n_iter`, the
+    fixed small number HMT recommend), one more power iteration with Rayleigh-Ritz is run (2 * (r + p) products).
+    Products with the default settings: ``(2 n_iter + 2)(r + p) + r``, each block batched."""
+    L, KM = op.shape
+    ell = min(r + n_oversamples, L, KM)
+    max_iter = n_iter if max_iter is None else max(int(max_iter), n_iter)
+    Q = _qr_rows(op.matmat_rows(np.random.default_rng(seed).standard_normal((ell, KM))))
+    for _ in range(n_iter):
+        Q = _qr_rows(op.matmat_rows(_qr_rows(op.rmatmat_rows(Q))))
+    it = n_iter
+    while True:
+        B = op.rmatmat_rows(Q)                                    # Q^T X, (ell, KM)
+        Wh, s, Vt = np.linalg.svd(B, full_matrices=False)
+        Ur = Wh.T @ Q                                             # Ritz vectors as rows
+        XV = op.matmat_rows(Vt[:r])
+        res = np.linalg.norm(XV - s[:r, None] * Ur[:r], axis=1)
+        converged = bool(res.max() <= tol * s[0])
+        if converged or it >= max_iter:
+            break
+        Q = _qr_rows(np.vstack([XV, op.matmat_rows(Vt[r:])]))     # X V: the next power iterate
+        it += 1
+    info = dict(power_iterations=it, oversamples=ell - r, residuals=res / s[0] if s[0] > 0 else res,
+                residual_kind="explicit", converged=converged)
+    return Ur[:r].T, s[:r], Vt[:r].T, info
+
+# %% ../nbs/03_ssa.ipynb #a1c0ff08
+def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | None = None,
+               max_iter: int | None = None):
+    """ARPACK ("lanczos") or PROPACK through `scipy.sparse.linalg.svds`, then the explicit residuals (2r products).
+
+    ARPACK runs implicitly restarted Lanczos on the normal matrix and stops when ``||X^T X v - t v|| <= tol * t``
+    (svds squares its `tol`, so ``sqrt(tol)`` is passed); since the SVD residual is ``||X^T X v - t v|| / s``, that is
+    at most ``tol * s_k <= tol * s_1``. `ncv` Lanczos vectors (default ``max(3r + 10, 30)``), `max_iter` restarts.
+    PROPACK (not restarted for the largest triples) stops when its refined error bound of every singular value is
+    within ``tol`` of it, with a Krylov space of at most `max_iter` vectors (default ``max(10 r, 60)``); its vectors
+    can be less accurate than its values, which the explicit residual shows. Raises `ConvergenceFailure` (naming the
+    solver and its settings) when the solver itself gives up."""
+    L, KM = op.shape
+    d = min(L, KM)
+    rng = np.random.default_rng(seed)
+    if solver == "arpack":
+        ncv = min(d - 1, max(3 * r + 10, 30) if ncv is None else int(ncv))
+        kw = dict(ncv=ncv, maxiter=max_iter, v0=rng.standard_normal(d))
+        settings, name = f"ncv={ncv}, maxiter={max_iter}", "lanczos (ARPACK)"
+    else:
+        kmax = min(d, max(10 * r, 60) if max_iter is None else int(max_iter))
+        kw = dict(maxiter=kmax, v0=rng.standard_normal(L))
+        settings, name = f"kmax={kmax}", "propack"
+    try:
+        U, s, Vt = svds(op, k=r, solver=solver, tol=math.sqrt(tol), rng=seed, **kw)
+    except (np.linalg.LinAlgError, ArpackNoConvergence) as e:
+        raise ConvergenceFailure(f"{name}: rank {r} did not converge at tol {tol:g} ({settings}): {e}") from e
+    order = np.argsort(s)[::-1]
+    U, s, V = np.ascontiguousarray(U[:, order]), s[order], np.ascontiguousarray(Vt[order].T)
+    res = _explicit_residuals(op, U, s, V)
+    return U, s, V, dict(settings=settings, residuals=res, residual_kind="explicit",
+                         converged=bool(res.max() <= tol))
+
+# %% ../nbs/03_ssa.ipynb #a1c0ff0b
 def _choose_method(L: int, KM: int, rank: int | None) -> str:
     "Cheapest method by a rough flop model (a product with the FFT operator ~ 10 n log2 n plus call overhead)."
     d, n = min(L, KM), L + KM
     cost = {"eigen": 2.0 * L * KM + 10.0 * L ** 3}
     if 8 * L * KM <= _FULL_MAX_BYTES:
         cost["full"] = 4.0 * L * KM * d
-    if rank is not None and rank <= d // 2:
-        cost["propack"] = (60 + 4 * rank) * (10 * n * math.log2(n) + 2e5)
+    if rank is not None and rank + 2 <= d // 2:
+        cost["irlba"] = (40 + 8 * rank) * (10 * n * math.log2(n) + 2e5)
     return min(cost, key=cost.get)
 
 
@@ -300,87 +498,125 @@ def _fix_signs(U, V):
     return U * sgn, V * sgn
 
 
-def _svd_randomized(op, k: int, *, n_oversamples: int, max_iter: int, tol: float, seed: int):
-    "Randomized SVD with power iterations; stops when every Ritz residual ||X v - s u|| <= tol * s_1."
-    L, KM = op.shape
-    ell = min(k + n_oversamples, L, KM)
-    rng = np.random.default_rng(seed)
-    Q, _ = np.linalg.qr(op.matmat(rng.standard_normal((KM, ell))))
-    for it in range(max_iter):
-        Bt = op.rmatmat(Q)                        # X^T Q, (KM, ell)
-        Vb, s, UbT = np.linalg.svd(Bt, full_matrices=False)
-        U = Q @ UbT.T                             # Ritz vectors: X^T U = V diag(s) exactly
-        Y = op.matmat(Vb)                         # X V, the next power iterate
-        res = np.linalg.norm(Y[:, :k] - U[:, :k] * s[:k], axis=0)
-        if s[0] == 0 or res.max() <= tol * s[0]:
-            break
-        Q, _ = np.linalg.qr(Y)
-    else:
-        logger.warning("randomized SVD: Ritz residual %.3g above tol %.3g after %d iterations",
-                       res.max() / s[0], tol, max_iter)
-    logger.debug("randomized SVD: %d power iterations", it + 1)
-    return U[:, :k], s[:k], Vb[:, :k]
+_OPTIONS = {"irlba": ("block_size", "ncv", "max_restarts"), "randomized": ("n_oversamples", "n_iter", "max_iter"),
+            "lanczos": ("ncv", "max_iter"), "propack": ("max_iter",)}
+
+
+def _run_truncated(op, r: int, method: str, tol: float, seed: int, opts: Mapping):
+    "One truncated method with its options; returns (U, s, V, info)."
+    for k in opts:
+        _check_choice(k, _OPTIONS[method], f"options[{method!r}]")
+    if method == "irlba":
+        return _irlba(op, r, tol=tol, seed=seed, **opts)
+    if method == "randomized":
+        return _svd_randomized(op, r, tol=tol, seed=seed, **opts)
+    return _svd_scipy(op, r, "arpack" if method == "lanczos" else "propack", tol=tol, seed=seed, **opts)
+
+
+def _auto_truncated(op, r: int, tol: float, seed: int, options: Mapping):
+    """Try irlba, PROPACK, ARPACK, then randomized (iterated to `tol`, at most 200 power iterations); accept the
+    first whose residuals are all within ``tol * s_1``; raise `ConvergenceFailure` naming every attempt otherwise."""
+    tried = []
+    for method in TRUNCATED:
+        opts = dict(options.get(method, {}))
+        if method == "randomized":
+            opts.setdefault("max_iter", 200)
+        n0 = op.n_matvec + op.n_rmatvec
+        try:
+            U, s, V, info = _run_truncated(op, r, method, tol, seed, opts)
+            err = None
+        except ConvergenceFailure as e:
+            info, err = dict(converged=False, residuals=None), str(e)
+        res = None if info["residuals"] is None else float(np.max(info["residuals"]))
+        tried.append(dict(method=method, converged=info["converged"], residual=res,
+                          products=op.n_matvec + op.n_rmatvec - n0, error=err))
+        if info["converged"]:
+            return U, s, V, method, info, tried
+        logger.info("auto SVD: %s did not reach tol %.3g (%s); trying the next method", method, tol,
+                    err or f"max residual {res:.3g} of s_1")
+    raise ConvergenceFailure("SVD: no method reached tol %.3g: %s" % (tol, "; ".join(
+        f"{t['method']}: " + (t["error"] if t["error"] else f"max residual {t['residual']:.3g} of s_1 after "
+                                                              f"{t['products']} products") for t in tried)))
 
 
 def decompose(x, L: int, rank: int | None = None, method: str = "auto", embedding: str = "hankel", *,
-              seed: int = 0, n_oversamples: int = 10, max_iter: int = 100, tol: float = 1e-11):
+              seed: int = 0, tol: float = DEFAULT_TOL, options: Mapping | None = None) -> SVDResult:
     """Leading singular triples of the trajectory (or Page) matrix of a series.
 
     Parameters
     ----------
-    x : array_like, shape (N,) or (N, M)
+    x : array_like, shape (N,) or (N, M), or a `TrajectoryOperator`
         Series (float64, finite); M channels are stacked side by side (mSSA).
     L : int
         Window length, ``2 <= L <= N - 1``.
     rank : int, optional
         Number of triples, ``1 <= rank <= min(L, M*K)``; None means all ``min(L, M*K)`` (then the truncated
         methods are not available).
-    method : {"auto", "full", "eigen", "lanczos", "propack", "randomized"}
-        Algorithm, see the table above; "auto" picks by size.
+    method : {"auto", "full", "eigen", "irlba", "propack", "lanczos", "randomized"}
+        Algorithm, see the table above. "auto" picks "full" or "eigen" when the cost model says they are cheapest,
+        else tries irlba, PROPACK, ARPACK and randomized in turn and keeps the first that meets `tol`.
     embedding : {"hankel", "page"}
     seed : int
-        Seed of the random start (randomized, lanczos, propack).
-    n_oversamples, max_iter, tol : int, int, float
-        Randomized SVD: extra sampled directions, cap on power iterations, and the stopping tolerance on the
-        relative Ritz residual ``max_k ||X v_k - s_k u_k|| / s_1``. `tol` is also ARPACK/PROPACK's tolerance
-        (0 there means machine precision).
+        Seed of the random starts.
+    tol : float
+        Residual tolerance of the iterative methods, relative to the largest singular value: every returned triple
+        has ``max(||X v - s u||, ||X^T u - s v||) <= tol * s_1``. Then each ``s_k`` is within ``tol * s_1`` of a
+        singular value of X (within ``(tol * s_1)^2 / gap_k`` when it is separated by ``gap_k`` from the rest), and the
+        angle between ``u_k`` and the exact vector is at most ``tol * s_1 / gap_k``.
+    options : mapping method -> mapping, optional
+        Per-method settings: irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 25)``),
+        ``max_restarts`` (100); randomized ``n_oversamples`` (10), ``n_iter`` (2), ``max_iter`` (``n_iter``; 200 in
+        "auto"); lanczos ``ncv``, ``max_iter``; propack ``max_iter`` (Krylov dimension).
 
     Returns
     -------
-    U : ndarray, shape (L, r), float64
-        Left singular vectors (orthonormal columns), r = rank.
-    s : ndarray, shape (r,), float64
-        Singular values, decreasing.
-    V : ndarray, shape (M*K, r), float64
-        Right singular vectors.
-    method : str
-        The method used (resolves "auto").
+    SVDResult
+        ``U`` (L, r) orthonormal columns, ``s`` (r,) decreasing, ``V`` (M*K, r), ``method`` used, ``diagnostics``
+        (products, residuals, convergence, choice); unpacks as ``U, s, V, method``.
 
     Raises
     ------
     ValueError
-        NaN/inf in `x`, `L` outside 2..N-1, `rank` above min(L, K), unknown `method` or `embedding`, or a truncated
-        method asked for every triple.
+        NaN/inf in `x`, `L` outside 2..N-1, `rank` above min(L, K), unknown `method` or `embedding`, a truncated
+        method asked for every triple, or options the method does not take.
+    ConvergenceFailure
+        "auto": no method met `tol` (the message names each method and its residual); an explicit ARPACK/PROPACK
+        call that gave up. An explicit method that ends above `tol` returns with ``diagnostics["converged"]`` False
+        and logs a warning.
 
     References
     ----------
-    Golyandina & Zhigljavsky (2013), Sect. 2.1; Korobeynikov (2010); Halko, Martinsson & Tropp (2011), Alg. 4.4
-    and Sect. 6; Larsen (1998), PROPACK.
+    Golyandina & Zhigljavsky (2013), Sect. 2.1; Korobeynikov (2010); Baglama & Reichel (2005), "Augmented implicitly
+    restarted Lanczos bidiagonalization methods", SIAM J. Sci. Comput. 27(1); Halko, Martinsson & Tropp (2011),
+    Alg. 4.4, 5.1 and Sect. 10; Larsen (1998), PROPACK; Lehoucq, Sorensen & Yang (1998), ARPACK.
     """
     method = _check_choice(method, METHODS, "method")
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"tol: residual tolerance relative to s_1 must be in (0, 1), got {tol!r}")
+    options = {} if options is None else dict(options)
+    for k in options:
+        _check_choice(k, TRUNCATED, "options")
     op = x if isinstance(x, TrajectoryOperator) else TrajectoryOperator(x, L, embedding)
     L, KM = op.shape
     if rank is not None:
         rank = _check_rank(rank, L, KM)
-    if method == "auto":
-        method = _choose_method(L, KM, rank)
     r = min(L, KM) if rank is None else rank
-    if method in ("lanczos", "propack", "randomized") and rank is None:
+    if method in TRUNCATED and rank is None:
         raise ValueError(f"rank: method {method!r} is truncated and needs an integer rank; use 'full' or 'eigen' "
                          "for every triple")
-    if method in ("lanczos", "propack") and r >= min(L, KM):
-        logger.info("%s needs rank < min(L, K); using the full SVD", method)
+    n0, m0 = op.n_matvec, op.n_rmatvec
+    diag = dict(tol=tol, reason=f"method={method!r} requested")
+    if method == "auto":
+        method = _choose_method(L, KM, rank)
+        diag["reason"] = (f"cost model for L={L}, K={KM}, rank={rank}: {method}" if method != "irlba" else
+                          f"L={L}, K={KM}, rank={rank}: truncated; tried in order {', '.join(TRUNCATED)}")
+        if method == "irlba":
+            method = "auto"
+    if method in TRUNCATED and r + 2 > min(L, KM) // 2:
+        logger.info("%s needs rank well below min(L, K) = %d; using the full SVD", method, min(L, KM))
+        diag["reason"] = f"{method} asked for rank {r} of min(L, K) = {min(L, KM)}: full SVD instead"
         method = "full"
+    info = dict(residuals=None, residual_kind=None, converged=True)
     if method == "full":
         X = hankel_embed(op._a, L) if op.embedding == "hankel" else np.hstack(op._page)
         U, s, Vt = np.linalg.svd(X, full_matrices=False)
@@ -388,20 +624,21 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     elif method == "eigen":
         lam, W = np.linalg.eigh(op.lag_covariance())
         U = np.ascontiguousarray(W[:, ::-1][:, :r])
-        V = op.rmatmat(U)
+        V = op.rmatmat_rows(U.T).T
         s = np.linalg.norm(V, axis=0)   # ||X^T u|| is a more accurate sigma than sqrt(lambda)
         nz = s > 0
         V[:, nz] /= s[nz]
-    elif method in ("lanczos", "propack"):
-        v0 = np.random.default_rng(seed).standard_normal(min(L, KM) if method == "lanczos" else L)
-        U, s, Vt = svds(op, k=r, solver="arpack" if method == "lanczos" else "propack", tol=0, v0=v0,
-                        random_state=seed)
-        order = np.argsort(s)[::-1]
-        U, s, V = U[:, order], s[order], Vt[order].T
+    elif method == "auto":
+        U, s, V, method, info, diag["tried"] = _auto_truncated(op, r, tol, seed, options)
     else:
-        U, s, V = _svd_randomized(op, r, n_oversamples=n_oversamples, max_iter=max_iter, tol=tol, seed=seed)
+        U, s, V, info = _run_truncated(op, r, method, tol, seed, options.get(method, {}))
+        if not info["converged"]:
+            logger.warning("%s SVD: max residual %.3g of s_1 above tol %.3g", method, np.max(info["residuals"]), tol)
+    diag.update(info)
+    diag.update(n_matvec=op.n_matvec - n0, n_rmatvec=op.n_rmatvec - m0,
+                products=op.n_matvec - n0 + op.n_rmatvec - m0)
     U, V = _fix_signs(np.ascontiguousarray(U), np.ascontiguousarray(V))
-    return U, np.ascontiguousarray(s), V, method
+    return SVDResult(U, np.ascontiguousarray(s), V, method, diag)
 
 # %% ../nbs/03_ssa.ipynb #b2101eb9
 def marchenko_pastur_median(beta: float) -> float:
@@ -543,11 +780,12 @@ def diagonal_average_fft(U, V, elementary: bool = False) -> np.ndarray:
     L, K = U.shape[0], V.shape[0]
     N = L + K - 1
     n = sfft.next_fast_len(N, real=True)
-    prod = sfft.rfft(U, n=n, axis=0, workers=-1) * sfft.rfft(V, n=n, axis=0, workers=-1)
+    rows = lambda A: sfft.rfft(np.ascontiguousarray(A.T), n=n, axis=-1, workers=-1)   # batched over components
+    prod = rows(U) * rows(V)
     w = series_weights(N, L)
     if elementary:
-        return (sfft.irfft(prod, n=n, axis=0, workers=-1)[:N] / w[:, None]).T
-    return sfft.irfft(prod.sum(axis=1), n=n, workers=-1)[:N] / w
+        return sfft.irfft(prod, n=n, axis=-1, workers=-1)[:, :N] / w
+    return sfft.irfft(prod.sum(axis=0), n=n)[:N] / w
 
 
 def diagonal_average(U, V, elementary: bool = False, method: str = "auto") -> np.ndarray:
@@ -735,7 +973,7 @@ class SSA:
         int: keep that many components (``<= min(L, K)``). "energy": the fewest components holding `energy` of
         ``||X||_F^2`` (computed up to `max_rank` with truncated methods). "gd": the Gavish-Donoho hard threshold
         (needs `sigma` or a full spectrum). None: every component.
-    method : {"auto", "full", "eigen", "lanczos", "propack", "randomized"}
+    method : {"auto", "full", "eigen", "irlba", "lanczos", "propack", "randomized"}
         Decomposition algorithm (see `decompose`).
     embedding : {"hankel", "page"}
     energy : float
@@ -746,11 +984,16 @@ class SSA:
         Components computed by truncated methods before an "energy" or "gd" rule picks among them.
     seed : int
         Seed of the random starts of the iterative methods.
+    tol : float
+        Residual tolerance of the iterative methods relative to the largest singular value (see `decompose`).
+    options : mapping, optional
+        Per-method settings passed to `decompose`.
 
     Attributes (after `fit`)
     ------------------------
     singular_values_ : ndarray (r,);  U_ : ndarray (L, r);  V_ : ndarray (M*K, r);  rank_, method_, N_, M_, L_, K_;
-    total_energy_ : float, ``||X||_F^2``;  contributions_ : ndarray (r,), ``s**2 / ||X||_F^2``.
+    total_energy_ : float, ``||X||_F^2``;  contributions_ : ndarray (r,), ``s**2 / ||X||_F^2``;
+    diagnostics_ : dict, the decomposition's `SVDResult.diagnostics` (products, residuals, methods tried).
 
     Examples
     --------
@@ -766,8 +1009,9 @@ class SSA:
 
     def __init__(self, L: int | None = None, rank: int | str | None = None, *, method: str = "auto",
                  embedding: str = "hankel", energy: float = 0.9, sigma: float | None = None, max_rank: int = 50,
-                 seed: int = 0):
+                 seed: int = 0, tol: float = DEFAULT_TOL, options: Mapping | None = None):
         self.L, self.rank, self.energy, self.sigma, self.max_rank, self.seed = L, rank, energy, sigma, max_rank, seed
+        self.tol, self.options = tol, options
         self.method = _check_choice(method, METHODS, "method")
         self.embedding = _check_choice(embedding, EMBEDDINGS, "embedding")
         if isinstance(rank, str):
@@ -776,7 +1020,8 @@ class SSA:
     def fit(self, x) -> "SSA":
         """Decompose `x` (shape (N,) or (N, M), float64, finite); returns self.
 
-        Raises `ValueError` naming the parameter for NaN/inf, `L` outside 2..N-1, `rank` above min(L, K)."""
+        Raises `ValueError` naming the parameter for NaN/inf, `L` outside 2..N-1, `rank` above min(L, K);
+        `ConvergenceFailure` when no decomposition method meets `tol` (see `decompose`)."""
         a = _as_series(x)
         N, M = a.shape
         L = (N + 1) // 2 if self.L is None else _check_L(self.L, N)
@@ -784,17 +1029,21 @@ class SSA:
         KM = op.shape[1]
         total = op.frobenius_sq()
         rule = self.rank if isinstance(self.rank, str) else None
+        kw = dict(seed=self.seed, tol=self.tol, options=self.options)
         if rule is None:
-            U, s, V, used = decompose(op, L, self.rank, self.method, seed=self.seed)
+            res = decompose(op, L, self.rank, self.method, **kw)
+            U, s, V, used = res
         else:
             method = self.method
             if method == "auto":
                 method = _choose_method(L, KM, None if rule == "gd" and self.sigma is None else self.max_rank)
+                method = method if method in ("full", "eigen") else "auto"
             if rule == "gd" and self.sigma is None and method not in ("full", "eigen"):
                 raise ValueError(f"sigma: rank='gd' without a noise level needs the whole spectrum; give sigma or "
                                  f"use method='full' or 'eigen' (got {method!r})")
             want = None if method in ("full", "eigen") else min(_check_int(self.max_rank, "max_rank"), L, KM)
-            U, s, V, used = decompose(op, L, want, method, seed=self.seed)
+            res = decompose(op, L, want, method, **kw)
+            U, s, V, used = res
             if rule == "energy":
                 r = select_rank(s, "energy", threshold=self.energy, total=total)
             else:
@@ -803,6 +1052,7 @@ class SSA:
         self._a, self._op = a, op
         self.N_, self.M_, self.L_, self.K_ = N, M, L, op.K
         self.U_, self.singular_values_, self.V_, self.method_ = U, s, V, used
+        self.diagnostics_ = res.diagnostics
         self.rank_ = s.size
         self.total_energy_ = total
         self.contributions_ = s ** 2 / total if total > 0 else np.zeros_like(s)
