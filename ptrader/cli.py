@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # 75 is sysexits.
 # %% auto #0
 __all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'status_table', 'main']
 
-# %% ../nbs/10_cli.ipynb #4767aa52
+# %% ../nbs/10_cli.ipynb #ace0857a
 def _finite(text: str) -> float:
     "argparse type: a finite float."
     try: v = float(text)
@@ -144,7 +144,7 @@ def _ingest(args) -> int:
                         f"{r.rows_quarantined} quarantined; ingest {r.ingest_id} into {wh.path}")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #e247addb
+# %% ../nbs/10_cli.ipynb #997afcb4
 _REPORT_OPTIONS = ("symbols", "start", "end", "initial_cash", "fees_bps", "slippage_bps", "seed",
                    "train_bars", "test_bars", "fast_windows", "slow_windows")
 
@@ -164,7 +164,7 @@ def _validate(args) -> int:
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #40e3b25c
+# %% ../nbs/10_cli.ipynb #089db118
 def _printable(s) -> str:
     s = str(s)
     return s if s.isprintable() else ascii(s)
@@ -193,7 +193,7 @@ def _status(args) -> int:
     if len(summary): print(status_table(summary))
     return EXIT_OK
 
-# %% ../nbs/10_cli.ipynb #71374c16
+# %% ../nbs/10_cli.ipynb #1f6670a8
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ptrader` console script. Returns the exit code (see the top of this notebook)."
     args = _parser().parse_args(argv)

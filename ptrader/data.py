@@ -82,7 +82,7 @@ def normalize_columns(df: pd.DataFrame, # raw input, one column per field
                                   source=source, rule="missing_column")
     return df[list(mapping)].rename(columns=mapping)
 
-# %% ../nbs/01_data.ipynb #1e7b7ed5
+# %% ../nbs/01_data.ipynb #afac491d
 SYMBOL_RULE = ("1 to 64 characters from A-Z, 0-9 and . _ ^ = -, starting with a letter, a digit or ^, "
                "with no '..' (case-insensitive, stored upper-case)")
 _SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9._^=-]{0,63}")
@@ -205,7 +205,7 @@ def _parse_numeric(raw: pd.Series, # one numeric field as read
         nonfinite = ~np.isfinite(vals) & ~bad & ~comma
     return vals, bad, comma, nonfinite | missing
 
-# %% ../nbs/01_data.ipynb #aa68b87b
+# %% ../nbs/01_data.ipynb #b8e5463e
 _DIGITS = re.compile(r"[+-]?\d+", re.ASCII)
 
 def _as_date_text(v) -> str | None:
@@ -446,7 +446,7 @@ def load_bundled(name: str, # one of `BUNDLED`: SP500, NASDAQ, VIX, WTI
         df = pd.DataFrame({"open": df[col], "high": df[col], "low": df[col], "close": df[col]}, index=df.index)
     return df.rename_axis("Date").reset_index(), source, sha
 
-# %% ../nbs/01_data.ipynb #c264191a
+# %% ../nbs/01_data.ipynb #89ea5502
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
@@ -581,7 +581,7 @@ def _version() -> str:
         return __version__
     except ImportError: return "unknown"
 
-# %% ../nbs/01_data.ipynb #43fc2400
+# %% ../nbs/01_data.ipynb #324b576a
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
 
 def _db_file_exists(path: Path) -> bool:
@@ -615,7 +615,7 @@ def _storage_error(path: Path, e: BaseException, doing: str) -> WarehouseError:
     cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return WarehouseError(f"warehouse {path}: {doing} failed: {cause}; the warehouse is unchanged")
 
-# %% ../nbs/01_data.ipynb #745e9f3c
+# %% ../nbs/01_data.ipynb #e551d9e2
 def _wait(attempt, # callable: returns a result, or raises BlockingIOError while another process holds the lock
           *, path: Path, timeout: float, holder=lambda: None):
     "Call `attempt` until it succeeds, with backoff 50 ms doubling to 1 s; `WarehouseBusyError` after `timeout` seconds."
