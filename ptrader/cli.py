@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                          description=_VALIDATE_DESCRIPTION, epilog=_EXIT_CODES, formatter_class=fmt)
     d = DEFAULTS
     val.add_argument("--symbols", nargs="+", help=f"symbols to report on (default: {' '.join(d.symbols)})")
-    val.add_argument("--start", help="first date included, YYYY-MM-DD (default: the report's default range)")
-    val.add_argument("--end", help="last date included, YYYY-MM-DD (default: the report's default range)")
+    val.add_argument("--start", help="first date included, YYYY-MM-DD (default: the symbols' earliest first bar)")
+    val.add_argument("--end", help="last date included, YYYY-MM-DD (default: the symbols' latest last bar)")
     val.add_argument("--initial-cash", type=_finite, help=f"starting cash (default {d.initial_cash:g})")
     val.add_argument("--fees-bps", type=_finite, help=f"commission per side in bps (default {d.fees_bps:g})")
     val.add_argument("--slippage-bps", type=_finite, help=f"slippage per fill in bps (default {d.slippage_bps:g})")
