@@ -788,19 +788,27 @@ def mirror_after(bars: pd.DataFrame, # OHLC bars, shape (T, >=4)
     """`bars` with every bar from position `cut` on replaced by its mirror image in log price about the
     close of bar `cut - 1` (`p -> c0**2 / p`; high and low swap roles), so every later return changes
     sign while the bars stay valid OHLC; `adj_close` is mirrored with the close (same adjustment factor)
-    and any other numeric column (volume) is reversed in time. Bars before `cut` are untouched: a causal
+    and any other numeric column (volume) is reversed in time (all-numeric frames come back as float64). Bars before `cut` are untouched: a causal
     signal function gives the same signals there. Raises `ValueError` for a cut outside [1, T)."""
     cut = int(cut)
     if not 1 <= cut < len(bars): raise ValueError(f"cut must lie in [1, {len(bars)}); got {cut}")
-    out = bars.copy()
     k = float(bars["close"].iloc[cut - 1]) ** 2
-    seg = bars.iloc[cut:]
-    new = {"open": k / seg["open"], "high": k / seg["low"], "low": k / seg["high"], "close": k / seg["close"]}
-    if "adj_close" in bars.columns: new["adj_close"] = seg["adj_close"] * new["close"] / seg["close"]
+    col = lambda c: bars[c].to_numpy(dtype=np.float64)
+    new = {"open": k / col("open")[cut:], "high": k / col("low")[cut:], "low": k / col("high")[cut:],
+           "close": k / col("close")[cut:]}
+    if "adj_close" in bars.columns: new["adj_close"] = col("adj_close")[cut:] * new["close"] / col("close")[cut:]
+    if all(pd.api.types.is_numeric_dtype(t) for t in bars.dtypes):     # one float block: the fast path
+        x = bars.to_numpy(dtype=np.float64, copy=True)
+        for i, c in enumerate(bars.columns):
+            x[cut:, i] = new[c] if c in new else x[cut:, i][::-1].copy()
+        return pd.DataFrame(x, index=bars.index, columns=bars.columns)
+    data = {}
     for c in bars.columns:
-        if c in new: out.iloc[cut:, out.columns.get_loc(c)] = new[c].to_numpy()
-        elif pd.api.types.is_numeric_dtype(bars[c]): out.iloc[cut:, out.columns.get_loc(c)] = seg[c].to_numpy()[::-1]
-    return out
+        x = bars[c].to_numpy(copy=True)
+        if c in new: x = x.astype(np.float64); x[cut:] = new[c]
+        elif pd.api.types.is_numeric_dtype(x.dtype): x[cut:] = x[cut:][::-1].copy()
+        data[c] = x
+    return pd.DataFrame(data, index=bars.index, columns=bars.columns)
 
 def _causal_cuts(en: np.ndarray, ex: np.ndarray, s: int, e: int, n_cuts: int) -> list[int]:
     """`n_cuts` cut positions in the test window (s, e): just after signal bars (where a peek at the next
