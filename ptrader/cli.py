@@ -19,7 +19,7 @@ log = logging.getLogger("ptrader")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # 75 is sysexits.h EX_TEMPFAIL: try again later
 
 # %% auto #0
-__all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'status_table', 'main']
+__all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'DELEGATED', 'status_table', 'main']
 
 # %% ../nbs/10_cli.ipynb #ace0857a
 def _finite(text: str) -> float:
@@ -47,6 +47,10 @@ def _int(text: str) -> int:
     except ValueError: raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 # %% ../nbs/10_cli.ipynb #9507e93c
+DELEGATED = {  # command -> (module whose `cli_main(argv)` parses and runs it, one-line help)
+    "llm": ("ptrader.llm", "local Ollama-compatible model server (`llm serve`) and health check (`llm health`)"),
+}
+
 _VALIDATE_DESCRIPTION = """\
 Run the validation report on warehouse data: the Papermill notebook nbs/reports/validation.ipynb,
 executed with the parameters below and rendered to standalone HTML (with its executed .ipynb and a
@@ -121,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--slow-windows", type=_positive_int, nargs="+", metavar="N", help="slow moving-average windows of the grid (default 50 100 150 200)")
     val.add_argument("--reports-dir", type=Path, default=None, help="output folder (default: $PTRADER_REPORTS or reports/)")
 
+    for name, (_, text) in DELEGATED.items():  # parsed by the module itself: see `main`
+        sub.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("status", parents=[shared], help="what the warehouse holds (read-only)", formatter_class=fmt, epilog=_EXIT_CODES,
                    description="Print each symbol's bars, first and last bar, quarantined rows and ingests. Read-only: it never waits "
                                "for a writer (it shows the warehouse as of its last completed write) and never creates anything.")
@@ -196,6 +202,10 @@ def _status(args) -> int:
 # %% ../nbs/10_cli.ipynb #1f6670a8
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ptrader` console script. Returns the exit code (see the top of this notebook)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:  # `ptrader llm serve ...`: the module owns its arguments
+        import importlib
+        return importlib.import_module(DELEGATED[argv[0]][0]).cli_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
