@@ -1113,7 +1113,8 @@ def data_snooping_tests(
     seed: int = DEFAULTS.seed,
 ) -> SnoopingResult:
     """Data-snooping-robust comparison of M strategies with a benchmark, wrapping
-    `arch.bootstrap.SPA` (Hansen 2005, studentized, 'consistent' p-value), `arch.bootstrap.RealityCheck`
+    `arch.bootstrap.SPA` (Hansen 2005, 'consistent' p-value; arch's statistic is the largest raw mean loss
+    difference, the variances only choose which models are recentred: `benchmark_verdict` scales the excess returns first), `arch.bootstrap.RealityCheck`
     (White 2000: not studentized, 'upper' p-value), `arch.bootstrap.StepM` (Romano & Wolf 2005) and
     `arch.bootstrap.MCS` (Hansen, Lunde & Nason 2011, range statistic). Losses are negative returns.
 
@@ -1145,7 +1146,7 @@ def data_snooping_tests(
     mp = mcs.pvalues["Pvalue"].copy(); mp.index = mp.index.astype(str)
     rows = [
         dict(test="Hansen SPA", null_hypothesis="no strategy beats the benchmark", p_value=float(spa.pvalues["consistent"]),
-             note=f"studentized; lower/upper p = {spa.pvalues['lower']:.3f}/{spa.pvalues['upper']:.3f}"),
+             note=f"arch's SPA: the statistic is the largest mean excess return; the variances only pick the strategies to recentre (consistent p); lower/upper p = {spa.pvalues['lower']:.3f}/{spa.pvalues['upper']:.3f}"),
         dict(test="White Reality Check", null_hypothesis="no strategy beats the benchmark", p_value=float(rc.pvalues["upper"]),
              note="not studentized; conservative when poor strategies are included"),
         dict(test="Romano-Wolf StepM", null_hypothesis="each strategy no better than the benchmark", p_value=float("nan"),
@@ -1234,7 +1235,7 @@ class ValidationResult:
             t = self.table.set_index("test")
             ph = t.loc[["Probabilistic Sharpe ratio", "Deflated Sharpe ratio"], "p_holm"]
             lines.append(f"  Family-wise (Holm) across the whole suite: PSR p = {ph.iloc[0]:.3g}, DSR p = {ph.iloc[1]:.3g}; "
-                         "the verdict uses the unadjusted PSR/DSR for the primary question, the table's decisions use Holm.")
+                         "the line above uses the unadjusted PSR/DSR for the primary question, the table's decisions use Holm.")
         nrej = int((self.table.decision == "reject H0").sum())
         lines.append(f"  {nrej} of {int(self.table.p_value.notna().sum())} p-valued tests reject at {a:g} after Holm correction.")
         if caveats: lines += ["Caveats:"] + [f"  - {c}" for c in caveats]
