@@ -345,13 +345,16 @@ def _record_many(self: AuditTrail, entries: Iterable) -> list[int]:
         con = self._connect(read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")
-            last = con.execute("SELECT seq, recorded_at, batch, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq0, rec0, batch0, h = (0, "", 0, GENESIS) if last is None else last
+            last = con.execute("SELECT seq, recorded_at, batch, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchall()
+            seq0, rec0, batch0, h = last[0] if last else (0, "", 0, GENESIS)
             rec = max(_utc_now(), rec0); batch = batch0 + 1; out, vals = [], []
             for i, (kind, payload, ets) in enumerate(rows, start=seq0 + 1):
                 hi = chain_hash(h, row_bytes(i, rec, batch, kind, ets, payload))
                 vals.append((i, rec, batch, kind, ets, payload, h, hi)); out.append(i); h = hi
-            con.executemany("INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", vals)
+            frame = pd.DataFrame(vals, columns=list(AUDIT_COLUMNS)).astype({"seq": "int64", "batch": "int64"})
+            con.register("_batch", frame)   # one bulk insert: executemany goes row by row
+            con.execute("INSERT INTO audit_events SELECT seq, recorded_at, batch, kind, event_ts, payload, prev_hash, hash FROM _batch")
+            con.unregister("_batch")
             con.execute("COMMIT")
             return out
         except duckdb.Error as e:
@@ -539,6 +542,8 @@ def broker_entries(events: pd.DataFrame, # `EventLog.to_frame()`, a backtest's `
     for r in _rows(events):
         k = getattr(r["kind"], "value", r["kind"])
         if k not in BROKER_KINDS: raise ValueError(f"unknown broker event kind {k!r}; known: {sorted(BROKER_KINDS)}")
+        oid = r.get("order_id")
+        if isinstance(oid, (float, np.floating)) and float(oid).is_integer(): r["order_id"] = int(oid)   # NaN-padded int columns
         out.append((BROKER_KINDS[k], {**r, "kind": k, "run_id": run_id, "source": source}, r["ts"]))
     return out
 
