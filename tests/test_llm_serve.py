@@ -117,3 +117,34 @@ def test_agent_shape_cache_and_replay_without_server(tmp_path):
             "failure", "accepted", "raw", "llm_key"]
     assert replay.decisions[cols].equals(live.decisions[cols]) and replay.decisions["cached"].all()
     assert again.decisions[cols].equals(live.decisions[cols])
+
+
+@pytest.mark.slow
+def test_figures_real_model_on_sp500(tmp_path):
+    """The closing-note figures (run with `-s` to see them): decisions/s, p50/p95 latency, valid-JSON rate and
+    parse-failure rate of SmolLM2 on N_DECISIONS daily S&P 500 decisions, and the cache-hit replay time."""
+    from ptrader.data import load_bundled, validate_bars
+    n = 20
+    raw, src, _ = load_bundled("SP500")
+    bars = validate_bars(raw, source=src, symbol="SP500").bars.loc["2007-01-01":"2008-12-31"]
+    md = MarketData(bars, "SP500", min_history=252)
+    cache = tmp_path / "llm.duckdb"
+    srv = Served()
+    try:
+        agent = OllamaAgent(OllamaClient(DEFAULT_MODEL, srv.url, timeout=300, cache=cache), anonymize=True)
+        t0 = time.perf_counter(); live = run_agent(agent, md, start=300, end=300 + n - 1); live_s = time.perf_counter() - t0
+    finally:
+        srv.stop()
+    t0 = time.perf_counter()
+    replay = run_agent(OllamaAgent(OllamaClient(DEFAULT_MODEL, srv.url, cache=cache, mode="replay"), anonymize=True), md,
+                       start=300, end=300 + n - 1)
+    replay_s = time.perf_counter() - t0
+    st = agent.stats(); c = st["client"]
+    cols = ["ts", "action", "confidence", "failure", "raw"]
+    assert replay.decisions[cols].equals(live.decisions[cols])
+    print(f"\nFIGURES n={n} live {live_s:.1f}s -> {n / live_s:.3f} decisions/s; latency p50 {c['latency_p50_s']:.2f}s "
+          f"p95 {c['latency_p95_s']:.2f}s; tokens/s {c['tokens_per_s']:.1f}; prompt {c['prompt_tokens']:.0f} + answer "
+          f"{c['eval_tokens']:.0f} tokens; valid JSON {st['valid_json_rate']:.0%}; parse failures {st['parse_failure_rate']:.0%} "
+          f"{st['failures']}; actions {live.decisions['action'].value_counts().to_dict()}; replay {replay_s:.2f}s "
+          f"({n / replay_s:.0f} decisions/s)")
+    assert replay_s < live_s
