@@ -331,6 +331,10 @@ def _orth_rows(W, floor: float, rng, against=()):
 
     Directions of W with norm <= `floor` are dropped (their row of A is zero) and replaced by random directions
     orthogonal to every block in `against` and to the kept rows, so Q always has b orthonormal rows."""
+    if W.shape[0] == 1:                                 # one vector: a norm
+        nrm = float(np.sqrt(W[0] @ W[0]))
+        if nrm > floor:
+            return W / nrm, np.array([[nrm]])
     lam, E = np.linalg.eigh(W @ W.T)
     d = np.sqrt(np.maximum(lam, 0.0))
     ok = d > max(floor, 1e-14 * d[-1])
@@ -349,6 +353,24 @@ def _orth_rows(W, floor: float, rng, against=()):
                 Z -= (Z @ B.T) @ B
         Q = np.vstack([Q, np.linalg.qr(Z.T)[0].T])
     return np.ascontiguousarray(Q), A
+
+
+def _reorth(W, B, lo: int, m: int, H):
+    """Orthogonalize the rows of W in place against rows ``B[:m]``: first against the last block ``B[lo:m]``, then
+    against the older rows ``B[:lo]``. That second projection is applied only where W has a component above 1e-12 of
+    its norm along them (otherwise the basis is orthogonal to working accuracy and the update pass is skipped).
+    Coefficients are added to H (m, b) when given."""
+    if m > lo:
+        h = B[lo:m] @ W.T
+        W -= h.T @ B[lo:m]
+        if H is not None:
+            H[lo:m] += h
+    if lo > 0:
+        h = B[:lo] @ W.T
+        if np.abs(h).max() > 1e-12 * np.sqrt(np.einsum("ij,ij->i", W, W).max()):
+            W -= h.T @ B[:lo]
+            if H is not None:
+                H[:lo] += h
 
 
 def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = None, max_restarts: int = 100,
@@ -375,19 +397,13 @@ def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = Non
     while True:
         W = op.matmat_rows(Vn)                                    # X Vn, (b, L)
         H = np.zeros((m, b))
-        for lo in (ulo, 0):                                       # the last block, then everything: CGS2
-            if m > lo:
-                h = Ub[lo:m] @ W.T
-                W -= h.T @ Ub[lo:m]
-                H[lo:m] += h
+        _reorth(W, Ub, ulo, m, H)
         Uj, A = _orth_rows(W, 1e-15 * s1, rng, (Ub[:m],))
         C[:m, m:m + b], C[m:m + b, :m], C[m:m + b, m:m + b] = H, 0.0, A
         Vb[m:m + b], Ub[m:m + b] = Vn, Uj
         ulo, m = m, m + b
         Z = op.rmatmat_rows(Uj)                                   # X^T U_j, (b, KM)
-        for lo in (ulo, 0):
-            g = Vb[lo:m] @ Z.T
-            Z -= g.T @ Vb[lo:m]
+        _reorth(Z, Vb, ulo, m, None)
         P, s, Qt = np.linalg.svd(C[:m, :m])
         s1 = s[0]
         Vn, Az = _orth_rows(Z, 1e-15 * s1, rng, (Vb[:m],))
@@ -453,9 +469,12 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
     ARPACK runs implicitly restarted Lanczos on the normal matrix and stops when ``||X^T X v - t v|| <= tol * t``
     (svds squares its `tol`, so ``sqrt(tol)`` is passed); since the SVD residual is ``||X^T X v - t v|| / s``, that is
     at most ``tol * s_k <= tol * s_1``. `ncv` Lanczos vectors (default ``max(3r + 10, 30)``), `max_iter` restarts.
-    PROPACK (not restarted for the largest triples) stops when its refined error bound of every singular value is
-    within ``tol`` of it, with a Krylov space of at most `max_iter` vectors (default ``max(10 r, 60)``); its vectors
-    can be less accurate than its values, which the explicit residual shows. Raises `ConvergenceFailure` (naming the
+    PROPACK (not restarted for the largest triples) stops when its error bound of every singular value, the residual
+    ``res_k`` or, once the value is separated by ``gap_k <= s_k``, ``res_k^2 / gap_k``, is below ``tol_p * s_k``
+    (svds passes its `tol` squared). It is run with ``tol_p = tol``; if the explicit residuals miss ``tol * s_1`` it is
+    run again with ``tol_p = min(tol, (tol * s_1 / s_r)^2)``, which bounds ``res_k^2 <= tol_p s_k gap_k <= (tol s_1)^2``
+    for every component above the tolerance floor. Its Krylov space holds at most `max_iter` vectors (default
+    ``max(10 r, 60)``); products of both runs are counted. Raises `ConvergenceFailure` (naming the
     solver and its settings) when the solver itself gives up."""
     L, KM = op.shape
     d = min(L, KM)
@@ -468,14 +487,21 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
         kmax = min(d, max(10 * r, 60) if max_iter is None else int(max_iter))
         kw = dict(maxiter=kmax, v0=rng.standard_normal(L))
         settings, name = f"kmax={kmax}", "propack"
-    try:
-        U, s, Vt = svds(op, k=r, solver=solver, tol=math.sqrt(tol), rng=seed, **kw)
-    except (np.linalg.LinAlgError, ArpackNoConvergence) as e:
-        raise ConvergenceFailure(f"{name}: rank {r} did not converge at tol {tol:g} ({settings}): {e}") from e
-    order = np.argsort(s)[::-1]
-    U, s, V = np.ascontiguousarray(U[:, order]), s[order], np.ascontiguousarray(Vt[order].T)
-    res = _explicit_residuals(op, U, s, V)
-    return U, s, V, dict(settings=settings, residuals=res, residual_kind="explicit",
+    runs, tol_s = 0, math.sqrt(tol)
+    while True:
+        try:
+            U, s, Vt = svds(op, k=r, solver=solver, tol=tol_s, rng=seed, **kw)
+        except (np.linalg.LinAlgError, ArpackNoConvergence) as e:
+            raise ConvergenceFailure(f"{name}: rank {r} did not converge at tol {tol:g} ({settings}): {e}") from e
+        runs += 1
+        order = np.argsort(s)[::-1]
+        U, s, V = np.ascontiguousarray(U[:, order]), s[order], np.ascontiguousarray(Vt[order].T)
+        res = _explicit_residuals(op, U, s, V)
+        tighter = min(tol_s, tol * s[0] / max(s[-1], tol * s[0]))
+        if res.max() <= tol or solver == "arpack" or runs == 2 or tighter >= tol_s:
+            break
+        tol_s = tighter
+    return U, s, V, dict(settings=settings, runs=runs, residuals=res, residual_kind="explicit",
                          converged=bool(res.max() <= tol))
 
 # %% ../nbs/03_ssa.ipynb #a1c0ff0b
@@ -637,7 +663,7 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     diag.update(info)
     diag.update(n_matvec=op.n_matvec - n0, n_rmatvec=op.n_rmatvec - m0,
                 products=op.n_matvec - n0 + op.n_rmatvec - m0)
-    U, V = _fix_signs(np.ascontiguousarray(U), np.ascontiguousarray(V))
+    U, V = _fix_signs(np.asarray(U), np.asarray(V))    # Fortran order from the row-based methods: no copy here
     return SVDResult(U, np.ascontiguousarray(s), V, method, diag)
 
 # %% ../nbs/03_ssa.ipynb #b2101eb9
@@ -810,14 +836,15 @@ def diagonal_average(U, V, elementary: bool = False, method: str = "auto") -> np
     Golyandina, Nekrutkin & Zhigljavsky (2001), Sect. 1.1 (diagonal averaging); Korobeynikov (2010), Sect. 3.3.
     """
     method = _check_choice(method, ("auto", "numba", "fft"), "method")
-    U = np.ascontiguousarray(U, dtype=np.float64).reshape(np.shape(U)[0], -1)
-    V = np.ascontiguousarray(V, dtype=np.float64).reshape(np.shape(V)[0], -1)
+    U = np.asarray(U, dtype=np.float64).reshape(np.shape(U)[0], -1)
+    V = np.asarray(V, dtype=np.float64).reshape(np.shape(V)[0], -1)
     if U.shape[1] != V.shape[1]:
         raise ValueError(f"V: U has {U.shape[1]} columns but V has {V.shape[1]}")
     if method == "auto":
         method = "numba" if min(U.shape[0], V.shape[0]) <= 64 else "fft"
     if method == "fft":
         return diagonal_average_fft(U, V, elementary)
+    U, V = np.ascontiguousarray(U), np.ascontiguousarray(V)
     if elementary:
         return np.stack([diagonal_average_nb(U[:, k:k + 1], V[:, k:k + 1]) for k in range(U.shape[1])])
     return diagonal_average_nb(U, V)
@@ -1073,7 +1100,8 @@ class SSA:
     def _rebuild(self, idx, elementary: bool) -> np.ndarray:
         "Series (N, M) for a group, or (r, N, M) elementary."
         N, M, L, K = self.N_, self.M_, self.L_, self.K_
-        U, Vs = self.U_[:, idx], self.V_[:, idx] * self.singular_values_[idx]
+        U = self.U_.T[idx].T                                  # (L, r); row gathers keep the columns contiguous
+        Vs = (self.V_.T[idx] * self.singular_values_[idx, None]).T
         shape = (len(idx), N, M) if elementary else (N, M)
         out = np.full(shape, np.nan)
         for m in range(M):

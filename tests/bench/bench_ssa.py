@@ -9,6 +9,16 @@ Cases
 2. N = 1,000,000, L = N/2, rank 5: decompose + reconstruct, in a child process so its peak RSS is its own.
 3. Rolling SSA: 10,000 windows of length 500, L = 100, rank 10: Numba CPU path vs the CuPy GPU path when a CUDA
    device is present (windows per second for both), else the GPU line says why it was skipped.
+4. Series that look like data, rank 5 with L = N/2 (the requested rank exceeds the signal's, so the last components
+   sit in the noise floor): "white" (period-500 sine + slow linear trend + white noise s.d. 0.1), "ar1" (the same
+   with AR(1) noise, phi = 0.7, innovations s.d. 0.1), "rw" (a Gaussian random walk), "clean" (an exact rank-5
+   harmonic series, no noise). For N = 100,000 every method, for N = 1,000,000 `auto` (and the methods given with
+   --methods-1m): decompose + reconstruct time, the same in FFT pairs (one rfft + irfft of length N, the unit
+   measured right before and after each run in the same process, wall clock and CPU time), operator products
+   (X v plus X^T u), the largest residual relative to s_1 and whether it met tol. The cost targets are 60 FFT
+   pairs at N = 1e6 (auto) and 100 at N = 1e5 (every truncated method). On a shared machine the CPU-time count
+   is the steadier one: it does not grow when other processes take the cores.
+   Case 1 also runs on the "white" series, so the peer ratios are shown on noisy data too.
 """
 from __future__ import annotations
 
@@ -28,6 +38,36 @@ def series(N: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (np.cos(2 * np.pi * t / 7) + np.sin(2 * np.pi * t / 17) * np.exp(1.5 * t / N) + np.exp(-1.2 * t / N)
             + 0.3 * np.sin(2 * np.pi * t / 101) + 0.2 * np.cos(2 * np.pi * t / 33) + 0.1 * rng.standard_normal(N))
+
+
+def noisy_series(kind: str, N: int, seed: int = 0) -> np.ndarray:
+    "The series of case 4 (see the module docstring)."
+    from scipy.signal import lfilter
+    t = np.arange(N)
+    rng = np.random.default_rng(seed)
+    base = np.sin(2 * np.pi * t / 500) + 2 * t / N
+    if kind == "white":
+        return base + 0.1 * rng.standard_normal(N)
+    if kind == "ar1":
+        return base + lfilter([1.0], [1.0, -0.7], 0.1 * rng.standard_normal(N))
+    if kind == "rw":
+        return np.cumsum(rng.standard_normal(N))
+    if kind == "clean":
+        return np.cos(2 * np.pi * t / 7) + np.sin(2 * np.pi * t / 17) * np.exp(1.5 * t / N) + np.exp(-1.2 * t / N)
+    raise ValueError(f"kind: unknown series {kind!r}")
+
+
+def fft_pair_unit(N: int, repeat: int = 7):
+    "Median wall and CPU seconds of one rfft + irfft of length N (scipy.fft, the transforms the operator uses)."
+    import scipy.fft as sfft
+    x = np.random.default_rng(99).standard_normal(N)
+    wall, cpu = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        sfft.irfft(sfft.rfft(x), n=N)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def naive_ssa(x: np.ndarray, L: int, r: int) -> np.ndarray:
@@ -66,14 +106,14 @@ def timed(f, repeat: int = 1):
     return best, out
 
 
-def case_10k(N: int):
+def case_10k(N: int, kind: str = "bench"):
     from ptrader.ssa import SSA
-    x = series(N)
+    x = series(N) if kind == "bench" else noisy_series(kind, N)
     L, r = N // 2, 10
     SSA(50, 3).fit(x[:200]).reconstruct()          # warm the Numba caches
     t_pt, rec = timed(lambda: SSA(L, r).fit(x).reconstruct(), repeat=3)
     method = SSA(L, r).fit(x).method_
-    print(f"[N={N:,}, L={L:,}, rank {r}] ptrader SSA (method={method}) fit+reconstruct: {t_pt:.4f} s")
+    print(f"[{kind} series, N={N:,}, L={L:,}, rank {r}] ptrader SSA (method={method}) fit+reconstruct: {t_pt:.4f} s")
     t_nv, rec_nv = timed(lambda: naive_ssa(x, L, r))
     print(f"  naive numpy (build X, full SVD, loop averaging): {t_nv:.3f} s   ratio naive/ptrader = {t_nv / t_pt:,.0f}x"
           f"   max |diff| = {np.abs(rec - rec_nv).max():.2e}")
@@ -124,6 +164,43 @@ def case_1m(N: int):
               f"residual std {d['resid_std']:.4f}")
 
 
+def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int = 5):
+    "Case 4: time, FFT pairs, products and residuals of decompose + reconstruct per series, size and method."
+    from ptrader.errors import ConvergenceFailure
+    from ptrader.ssa import SSA
+    SSA(50, 3).fit(series(200)).reconstruct()
+    print(f"{'series':6s} {'N':>9s} {'method':>10s} {'used':>10s} {'time s':>8s} {'pairs':>6s} {'pairs cpu':>9s} "
+          f"{'products':>8s} {'max res/s1':>10s} conv")
+    rows = []
+    for N in sizes:
+        methods = ("auto", "irlba", "propack", "lanczos", "randomized") if N <= 100_000 else methods_1m
+        for kind in kinds:
+            x = noisy_series(kind, N)
+            for method in methods:
+                w0, c0 = fft_pair_unit(N)
+                t0, p0 = time.perf_counter(), time.process_time()
+                try:
+                    ssa = SSA(N // 2, r, method=method).fit(x)
+                    ssa.reconstruct()
+                    err = None
+                except ConvergenceFailure as e:
+                    err = str(e)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+                w1, c1 = fft_pair_unit(N)
+                unit_w, unit_c = (w0 + w1) / 2, (c0 + c1) / 2
+                if err:
+                    print(f"{kind:6s} {N:9,d} {method:>10s}  ConvergenceFailure after {wall:.2f} s: {err[:200]}")
+                    continue
+                d = ssa.diagnostics_
+                res = max(d["residuals"]) if d["residuals"] is not None else float("nan")
+                row = dict(kind=kind, N=N, method=method, used=ssa.method_, time=wall, pairs=wall / unit_w,
+                           pairs_cpu=cpu / unit_c, products=d["products"], residual=res, converged=d["converged"])
+                rows.append(row)
+                print(f"{kind:6s} {N:9,d} {method:>10s} {ssa.method_:>10s} {wall:8.3f} {row['pairs']:6.1f} "
+                      f"{row['pairs_cpu']:9.1f} {d['products']:8d} {res:10.2e} {d['converged']}", flush=True)
+    return rows
+
+
 def case_rolling(n_windows: int, window: int, L: int, r: int):
     from ptrader.ssa import batched_ssa, cupy_or_none
     x = series(n_windows + window - 1, seed=1) + np.cumsum(np.random.default_rng(2).standard_normal(n_windows + window - 1)) * 0.05
@@ -151,7 +228,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child-1m", nargs=2, metavar=("N", "METHOD"))
-    ap.add_argument("--only", choices=("10k", "1m", "rolling"))
+    ap.add_argument("--only", choices=("10k", "1m", "rolling", "noisy"))
+    ap.add_argument("--methods-1m", default="auto", help="comma-separated methods for case 4 at N = 1e6")
     a = ap.parse_args()
     if a.child_1m:
         case_1m_child(int(a.child_1m[0]), a.child_1m[1])
@@ -159,8 +237,11 @@ def main():
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()}")
     if a.only in (None, "10k"):
         case_10k(2_000 if a.quick else 10_000)
+        case_10k(2_000 if a.quick else 10_000, "white")
     if a.only in (None, "1m"):
         case_1m(100_000 if a.quick else 1_000_000)
+    if a.only in (None, "noisy"):
+        case_noisy((20_000, 100_000) if a.quick else (100_000, 1_000_000), tuple(a.methods_1m.split(",")))
     if a.only in (None, "rolling"):
         case_rolling(1_000 if a.quick else 10_000, 500, 100, 10)
 
