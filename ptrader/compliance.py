@@ -6,29 +6,38 @@
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .audit import AuditTrail, canonical_json
+from .config import data_dir
 from .errors import WarehouseError
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'FORBIDDEN_DECISIONS', 'PRESETS', 'SCHEMA_VERSION', 'SEVERITIES', 'CompliancePolicy', 'policy_to_toml',
-           'save_policy', 'load_policy', 'ComplianceIssue', 'ComplianceReport', 'check_risk_checks', 'check_decisions',
-           'check_shadow', 'check_orders', 'check_halts', 'ComplianceMonitor', 'record_policy', 'cli_main']
+__all__ = ['logger', 'FORBIDDEN_DECISIONS', 'PRESETS', 'SCHEMA_VERSION', 'SEVERITIES', 'alert_log', 'DEFAULT_ROUTES',
+           'CompliancePolicy', 'policy_to_toml', 'save_policy', 'load_policy', 'ComplianceIssue', 'ComplianceReport',
+           'check_risk_checks', 'check_decisions', 'check_shadow', 'check_orders', 'check_halts', 'ComplianceMonitor',
+           'record_policy', 'Alert', 'DeliveryError', 'LogSink', 'JsonlSink', 'slack_payload', 'pagerduty_payload',
+           'WebhookSink', 'Delivery', 'AlertRouter', 'default_router', 'cli_main']
 
 # %% ../nbs/08a_compliance.ipynb #86063a69
 FORBIDDEN_DECISIONS = ("override_limits", "proceed_despite_reject", "bypass_risk_check", "emergency_override")
@@ -391,7 +400,193 @@ def record_policy(trail: AuditTrail, policy: CompliancePolicy, *, reason: str = 
     "Append a `policy_change` event holding the whole policy; returns its seq."
     return trail.record("policy_change", {**policy.model_dump(mode="json"), "reason": reason})
 
-# %% ../nbs/08a_compliance.ipynb #7106b03f
+# %% ../nbs/08a_compliance.ipynb #00014ce2
+alert_log = logging.getLogger("ptrader.alerts")
+
+@dataclass(frozen=True)
+class Alert:
+    "One alert: severity (CRITICAL/WARNING/INFO), type, message, evidence seqs, `key` for deduplication, UTC time."
+    severity: str
+    type: str
+    message: str
+    evidence: tuple[int, ...] = ()
+    key: str = ""
+    ts: str = ""
+    source: str = "ptrader"
+
+    def __post_init__(self):
+        if self.severity not in SEVERITIES: raise ValueError(f"severity must be one of {SEVERITIES}; got {self.severity!r}")
+        if not self.key: object.__setattr__(self, "key", f"{self.type}:{self.message}")
+        if not self.ts: object.__setattr__(self, "ts", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_issue(cls, issue: ComplianceIssue, source: str = "ptrader.compliance") -> "Alert":
+        return cls(issue.severity, issue.type, issue.message, tuple(issue.evidence), key=f"{issue.run_id}:{issue.type}:{issue.message}", source=source)
+
+    def to_dict(self) -> dict: return dict(severity=self.severity, type=self.type, message=self.message, evidence=list(self.evidence),
+                                           key=self.key, ts=self.ts, source=self.source)
+
+# %% ../nbs/08a_compliance.ipynb #4a4af65d
+class DeliveryError(Exception):
+    "A sink could not deliver; `retry` says whether trying again may help (timeouts, refused connections, 5xx, 429)."
+    def __init__(self, message: str, retry: bool = True): super().__init__(message); self.retry = retry
+
+_LEVELS = {"CRITICAL": logging.CRITICAL, "WARNING": logging.WARNING, "INFO": logging.INFO}
+
+class LogSink:
+    "Alerts to the `ptrader.alerts` logger at their own level."
+    name = "log"
+    def send(self, alerts: Sequence[Alert]) -> None:
+        for a in alerts: alert_log.log(_LEVELS[a.severity], "%s %s: %s [seq %s]", a.severity, a.type, a.message, ",".join(map(str, a.evidence[:20])))
+
+class JsonlSink:
+    "Alerts appended to a JSON-lines file, one object per alert."
+    def __init__(self, path: Path | str): self.path = Path(path); self.name = f"jsonl:{self.path.name}"
+    def send(self, alerts: Sequence[Alert]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                for a in alerts: f.write(json.dumps(a.to_dict(), ensure_ascii=False) + "\n")
+        except OSError as e: raise DeliveryError(f"{self.path}: {e}", retry=False) from e
+
+# %% ../nbs/08a_compliance.ipynb #9453e1f7
+def slack_payload(alerts: Sequence[Alert], suppressed: int = 0) -> dict:
+    "A Slack incoming-webhook message: `text` (the fallback line) and mrkdwn `blocks`, one section per alert (at most 45)."
+    c = Counter(a.severity for a in alerts)
+    head = f"ptrader: {len(alerts)} alert(s): " + ", ".join(f"{c[s]} {s}" for s in SEVERITIES if c[s])
+    if suppressed: head += f" ({suppressed} duplicate(s) suppressed)"
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": head[:150]}}]
+    for a in alerts[:45]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*{a.severity}* `{a.type}`: {a.message}"[:3000]
+                                                   + (f"\nevidence: seq {', '.join(map(str, a.evidence[:20]))}" if a.evidence else "")}})
+    if len(alerts) > 45: blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"and {len(alerts) - 45} more"}]})
+    return {"text": head, "blocks": blocks}
+
+def pagerduty_payload(alerts: Sequence[Alert], routing_key: str, suppressed: int = 0) -> dict:
+    "A PagerDuty Events API v2 `trigger` event for the bundle; `dedup_key` from the alerts' keys, severity the worst."
+    worst = min(alerts, key=lambda a: SEVERITIES.index(a.severity)).severity
+    first = alerts[0]
+    summary = first.message if len(alerts) == 1 else f"{len(alerts)} ptrader alerts, worst {worst}: {first.type}: {first.message}"
+    return {"routing_key": routing_key, "event_action": "trigger",
+            "dedup_key": hashlib.sha256("|".join(sorted(a.key for a in alerts)).encode()).hexdigest()[:32],
+            "payload": {"summary": summary[:1024], "source": first.source, "severity": worst.lower(), "timestamp": first.ts,
+                        "component": "compliance", "class": first.type,
+                        "custom_details": {"alerts": [a.to_dict() for a in alerts], "suppressed_duplicates": suppressed}}}
+
+# %% ../nbs/08a_compliance.ipynb #4bc2b2a1
+class WebhookSink:
+    """POSTs one JSON payload per bundle to the URL in the environment variable `url_env` (read at send time).
+    `style` "slack" or "pagerduty" (then the routing key comes from `key_env`). `timeout` seconds per attempt."""
+    def __init__(self, style: str = "slack", *, url_env: str | None = None, key_env: str = "PTRADER_PAGERDUTY_ROUTING_KEY",
+                 timeout: float = 5.0):
+        if style not in ("slack", "pagerduty"): raise ValueError(f"style is 'slack' or 'pagerduty'; got {style!r}")
+        self.style, self.timeout, self.key_env = style, float(timeout), key_env
+        self.url_env = url_env or ("PTRADER_SLACK_WEBHOOK" if style == "slack" else "PTRADER_PAGERDUTY_URL")
+        self.name = f"{style}:{self.url_env}"
+
+    def payload(self, alerts: Sequence[Alert], suppressed: int = 0) -> dict:
+        if self.style == "slack": return slack_payload(alerts, suppressed)
+        key = os.environ.get(self.key_env)
+        if not key: raise DeliveryError(f"${self.key_env} is not set", retry=False)
+        return pagerduty_payload(alerts, key, suppressed)
+
+    def send(self, alerts: Sequence[Alert], suppressed: int = 0) -> None:
+        url = os.environ.get(self.url_env)
+        if not url and self.style == "pagerduty": url = "https://events.pagerduty.com/v2/enqueue"
+        if not url: raise DeliveryError(f"${self.url_env} is not set", retry=False)
+        body = json.dumps(self.payload(alerts, suppressed)).encode("utf-8")
+        req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r: r.read()
+        except urllib.error.HTTPError as e:
+            raise DeliveryError(f"HTTP {e.code} from {self.name}", retry=e.code >= 500 or e.code == 429) from e
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise DeliveryError(f"{self.name}: {type(getattr(e, 'reason', e)).__name__}: {getattr(e, 'reason', e)}") from e
+
+# %% ../nbs/08a_compliance.ipynb #c437a788
+@dataclass
+class Delivery:
+    "Outcome of one `flush`: per sink name, the alert keys delivered / dead-lettered (with the error); keys suppressed as duplicates."
+    delivered: dict = field(default_factory=lambda: defaultdict(list))
+    dead_lettered: dict = field(default_factory=lambda: defaultdict(list))
+    errors: dict = field(default_factory=dict)
+    attempts: dict = field(default_factory=dict)
+    suppressed: list = field(default_factory=list)
+
+DEFAULT_ROUTES = {"CRITICAL": ("log", "jsonl", "slack", "pagerduty"), "WARNING": ("log", "jsonl", "slack"), "INFO": ("log", "jsonl")}
+
+class AlertRouter:
+    """Routes alerts by severity to `sinks` ({name: sink}) per `routes` ({severity: sink names}); see the section text.
+    `clock` (seconds) and `sleep` are injectable for tests."""
+    def __init__(self, sinks: Mapping[str, Any], routes: Mapping[str, Sequence[str]] = DEFAULT_ROUTES, *,
+                 dead_letter: Path | str | None = None, dedup_window_s: float = 3600.0, retries: int = 3, backoff: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        unknown = sorted({n for names in routes.values() for n in names} - set(sinks) - set(DEFAULT_ROUTES["CRITICAL"]))
+        if unknown: raise ValueError(f"routes name sinks that are not given: {unknown}")
+        self.sinks, self.routes = dict(sinks), {s: tuple(n for n in routes.get(s, ()) if n in sinks) for s in SEVERITIES}
+        self.dead_letter = Path(dead_letter) if dead_letter is not None else data_dir() / "alerts-dead-letter.jsonl"
+        self.window, self.retries, self.backoff, self.clock, self.sleep = float(dedup_window_s), int(retries), float(backoff), clock, sleep
+        self._sent: dict[str, float] = {}; self._pending: list[Alert] = []; self._suppressed: list[str] = []
+
+    def submit(self, *alerts: Alert | ComplianceIssue) -> int:
+        "Queue alerts (issues are converted); returns how many were queued (the rest were duplicates within the window)."
+        n = 0; now = self.clock(); queued = {a.key for a in self._pending}
+        for a in alerts:
+            a = Alert.from_issue(a) if isinstance(a, ComplianceIssue) else a
+            if a.key in queued or now - self._sent.get(a.key, -math.inf) < self.window: self._suppressed.append(a.key); continue
+            self._pending.append(a); queued.add(a.key); n += 1
+        return n
+
+# %% ../nbs/08a_compliance.ipynb #0af701ec
+def _deliver(self: AlertRouter, name: str, sink, alerts: list[Alert], suppressed: int, out: Delivery) -> None:
+    err = None
+    for attempt in range(self.retries + 1):
+        try:
+            sink.send(alerts, suppressed) if isinstance(sink, WebhookSink) else sink.send(alerts)
+            out.delivered[name] += [a.key for a in alerts]; out.attempts[name] = attempt + 1; return
+        except DeliveryError as e:
+            err = e
+            if not e.retry or attempt == self.retries: break
+            self.sleep(self.backoff * 2 ** attempt)
+        except Exception as e:   # a broken sink must not lose the alerts
+            err = DeliveryError(f"{type(e).__name__}: {e}", retry=False); break
+    out.attempts[name] = attempt + 1; out.errors[name] = str(err); out.dead_lettered[name] += [a.key for a in alerts]
+    rec = {"failed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "sink": name, "error": str(err),
+           "attempts": attempt + 1, "alerts": [a.to_dict() for a in alerts]}
+    self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+    with self.dead_letter.open("a", encoding="utf-8") as f: f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    alert_log.error("alerts to %s dead-lettered in %s after %d attempt(s): %s", name, self.dead_letter, attempt + 1, err)
+
+def _flush(self: AlertRouter) -> Delivery:
+    "Send every pending alert to the sinks of its severity, one bundle per sink; returns the `Delivery`."
+    out = Delivery(suppressed=list(self._suppressed)); pending, self._pending, self._suppressed = self._pending, [], []
+    per_sink: dict[str, list[Alert]] = defaultdict(list)
+    for a in pending:
+        for name in self.routes[a.severity]: per_sink[name].append(a)
+    for name, alerts in per_sink.items(): _deliver(self, name, self.sinks[name], alerts, len(out.suppressed), out)
+    now = self.clock()
+    for a in pending: self._sent[a.key] = now
+    return out
+
+def _route_report(self: AlertRouter, report: ComplianceReport, min_severity: str = "WARNING") -> Delivery:
+    "Submit the report's issues at `min_severity` or worse, then flush."
+    keep = SEVERITIES[: SEVERITIES.index(min_severity) + 1]
+    self.submit(*[i for i in report.issues if i.severity in keep])
+    return self.flush()
+
+AlertRouter.flush, AlertRouter.route_report = _flush, _route_report
+
+def default_router(**kw) -> AlertRouter:
+    """The router of the section text: log and `$PTRADER_ALERTS_FILE` (default `data/alerts.jsonl`) for every
+    severity, Slack for CRITICAL and WARNING when `$PTRADER_SLACK_WEBHOOK` is set, PagerDuty for CRITICAL when
+    `$PTRADER_PAGERDUTY_ROUTING_KEY` is set; dead letters in `$PTRADER_ALERTS_DEAD_LETTER` (default `data/alerts-dead-letter.jsonl`)."""
+    sinks: dict[str, Any] = {"log": LogSink(), "jsonl": JsonlSink(os.environ.get("PTRADER_ALERTS_FILE") or data_dir() / "alerts.jsonl")}
+    if os.environ.get("PTRADER_SLACK_WEBHOOK"): sinks["slack"] = WebhookSink("slack")
+    if os.environ.get("PTRADER_PAGERDUTY_ROUTING_KEY"): sinks["pagerduty"] = WebhookSink("pagerduty")
+    kw.setdefault("dead_letter", os.environ.get("PTRADER_ALERTS_DEAD_LETTER") or data_dir() / "alerts-dead-letter.jsonl")
+    return AlertRouter(sinks, **kw)
+
+# %% ../nbs/08a_compliance.ipynb #30cfc938
 def cli_main(argv: Sequence[str] | None = None) -> int:
     "`compliance --start --end [--policy FILE|preset] [--db PATH] [--json FILE]`; returns the exit code (see the section text)."
     ap = argparse.ArgumentParser(prog="ptrader compliance", description="Check the audit trail against a compliance policy.")
@@ -413,6 +608,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         if i.severity != "INFO": print(f"{i.severity} {i.type}: {i.message} [seq {', '.join(map(str, i.evidence[:10]))}]")
     return 1 if rep.critical else 0
 
-# %% ../nbs/08a_compliance.ipynb #a1efd637
+# %% ../nbs/08a_compliance.ipynb #540eec22
 #| eval: false
 if __name__ == "__main__": sys.exit(cli_main())
