@@ -191,6 +191,7 @@ class _Run:
     validations: dict = field(default_factory=dict)                   # decision_id -> (seq, payload)
     order_decision: dict = field(default_factory=dict)                # order_id -> decision_id
     kinds: dict = field(default_factory=dict)                         # seq -> kind
+    payloads: dict = field(default_factory=dict)                      # seq -> payload of orders
     risk_orders: set = field(default_factory=set)                     # order ids the risk manager itself placed (risk_action)
 
 def _runs(ev: pd.DataFrame, start, end) -> dict[str, _Run]:
@@ -200,7 +201,7 @@ def _runs(ev: pd.DataFrame, start, end) -> dict[str, _Run]:
         inp = (start is None or t >= start) and (end is None or t <= end)
         r = runs.setdefault(str(p.get("run_id")), _Run(str(p.get("run_id"))))
         r.events.append((int(seq), kind, p, t, inp)); r.kinds[int(seq)] = kind; oid = p.get("order_id")
-        if kind == "order" and oid is not None: r.orders.setdefault(oid, int(seq))
+        if kind == "order" and oid is not None: r.orders.setdefault(oid, int(seq)); r.payloads[int(seq)] = p
         elif kind in ("risk_check", "rejection") and oid is not None: r.checks[oid].append(int(seq))
         elif kind == "fill": r.fills[oid].append((int(seq), p))
         elif kind in ("decision", "shadow_decision"):
@@ -279,14 +280,23 @@ def check_orders(run: _Run, policy: CompliancePolicy) -> list[ComplianceIssue]:
     for oid, fs in run.fills.items():
         fs = [(s, p) for s, p in fs if s in inp]
         if not fs: continue
+        fseqs = tuple(s for s, _ in fs)
+        did = run.order_decision.get(oid); ref = _num(run.decisions[did][1].get("close")) if did in run.decisions else math.nan
+        order = run.payloads.get(run.orders.get(oid), {}) if oid in run.orders else {}
+        oqty = abs(_num(order.get("qty"))); filled = sum(abs(_num(p.get("qty"))) for _, p in fs)
+        if filled > oqty * (1 + 1e-9):
+            out.append(ComplianceIssue("CRITICAL", "overfill", f"order {oid} filled {filled:.6g} units of {oqty:.6g} ordered",
+                                       (run.orders[oid], *fseqs), run.run_id))
         notional = sum(abs(_num(p.get("qty")) * _num(p.get("price"))) for _, p in fs)
         if notional > policy.max_order_notional:
-            out.append(ComplianceIssue("CRITICAL", "notional_exceeded", f"order {oid} filled {notional:,.2f} > {policy.max_order_notional:,.2f}",
-                                       tuple(s for s, _ in fs), run.run_id))
+            est = oqty * (_num(order.get("price")) if _num(order.get("price")) > 0 else ref)
+            gap = est <= policy.max_order_notional   # within the cap at the price known when it was sent; the fill price moved it over
+            out.append(ComplianceIssue("WARNING" if gap else "CRITICAL", "fill_notional_over_cap" if gap else "notional_exceeded",
+                                       f"order {oid} filled {notional:,.2f} > {policy.max_order_notional:,.2f}"
+                                       + (f" (sent at an estimated {est:,.2f})" if gap else ""), fseqs, run.run_id))
         sym = str(fs[0][1].get("symbol") or "").upper()
         if sym and sym in restricted:
-            out.append(ComplianceIssue("CRITICAL", "restricted_symbol", f"restricted {sym} traded (order {oid})", tuple(s for s, _ in fs), run.run_id))
-        did = run.order_decision.get(oid); ref = _num(run.decisions[did][1].get("close")) if did in run.decisions else math.nan
+            out.append(ComplianceIssue("CRITICAL", "restricted_symbol", f"restricted {sym} traded (order {oid})", fseqs, run.run_id))
         for s, p in fs:
             px = _num(p.get("price"))
             if ref > 0 and abs(px / ref - 1) > policy.price_collar:
@@ -385,7 +395,8 @@ def _summary(ev: pd.DataFrame, runs: dict[str, _Run]) -> dict:
     fills = [p for k, p in rows if k == "fill"]
     rs = [_num(p.get("risk_score")) for p in dec if math.isfinite(_num(p.get("risk_score")))]
     n_orders = kinds.get("order", 0)
-    return dict(events=len(rows), runs=len([r for r in runs.values() if any(e[-1] for e in r.events)]), by_kind=dict(sorted(kinds.items())),
+    return dict(events=len(rows), runs=len([r for r in runs.values() if r.run_id != "None" and any(e[-1] for e in r.events)]),
+                by_kind=dict(sorted(kinds.items())),
                 orders=n_orders, fills=len(fills), rejections=kinds.get("rejection", 0),
                 rejection_rate=kinds.get("rejection", 0) / n_orders if n_orders else None,
                 decisions=len(dec), decisions_by_action=dict(Counter(str(p.get("action")) for p in dec)),

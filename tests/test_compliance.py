@@ -106,7 +106,19 @@ def _refused(ents):
 def _risky(ents): i = _executed(ents); _set(ents, i, risk_score=0.8); return i
 def _forbidden(ents): i = _executed(ents); _set(ents, i, flags=["override_limits"]); return i
 def _forbidden_asked(ents): i = _idx(ents, "decision", lambda p: not p["order_ids"]); _set(ents, i, flags=["bypass_risk_check"]); return i
-def _big(ents): i = _idx(ents, "fill"); _set(ents, i, qty=ents[i][1]["qty"] * 100); return i
+def _big(ents):
+    "An order sent 100 times too large, and filled so."
+    i = _idx(ents, "fill"); oid = ents[i][1]["order_id"]; j = _idx(ents, "order", lambda p: p["order_id"] == oid)
+    _set(ents, i, qty=ents[i][1]["qty"] * 100); _set(ents, j, qty=ents[j][1]["qty"] * 100); return i
+
+def _overfill(ents): i = _idx(ents, "fill"); _set(ents, i, qty=ents[i][1]["qty"] * 1.5); return i
+
+def _gap_over_cap(ents):
+    "Sent within the cap at the decision's close, filled above it (fill price moved)."
+    i = _executed(ents); oid = ents[i][1]["order_ids"][0]; f = _idx(ents, "fill", lambda p: p["order_id"] == oid)
+    qty = ents[f][1]["qty"]; _set(ents, f, price=1.01 * POLICY.max_order_notional / qty)
+    assert qty * ents[i][1]["close"] <= POLICY.max_order_notional
+    return f
 def _off_collar_fill(ents): i = _idx(ents, "fill"); _set(ents, i, price=ents[i][1]["price"] * 1.25); return i
 
 def _off_collar_order(ents):
@@ -152,6 +164,8 @@ CASES = [
     ("forbidden_executed", _forbidden, POLICY, "CRITICAL", "forbidden_decision_executed"),
     ("forbidden_asked", _forbidden_asked, POLICY, "WARNING", "forbidden_decision_requested"),
     ("notional", _big, POLICY, "CRITICAL", "notional_exceeded"),
+    ("overfill", _overfill, POLICY, "CRITICAL", "overfill"),
+    ("notional_gap", _gap_over_cap, POLICY, "WARNING", "fill_notional_over_cap"),
     ("collar_fill", _off_collar_fill, POLICY, "WARNING", "fill_outside_collar"),
     ("collar_order", _off_collar_order, POLICY, "CRITICAL", "order_price_outside_collar"),
     ("after_kill", _after_kill, POLICY, "CRITICAL", "traded_after_kill_switch"),
