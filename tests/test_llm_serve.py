@@ -3,6 +3,7 @@ client: the REST subset (/, /api/version, /api/tags, /api/show, /api/chat stream
 the answers (never their content), identical answers to identical requests, and the cache: a run recorded
 against the server replays to identical decisions after the server is stopped. Needs the [llm] extra."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,11 +121,13 @@ def test_agent_shape_cache_and_replay_without_server(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PTRADER_LLM_FIGURES"), reason="a measurement (minutes): set PTRADER_LLM_FIGURES=N")
 def test_figures_real_model_on_sp500(tmp_path):
-    """The closing-note figures (run with `-s` to see them): decisions/s, p50/p95 latency, valid-JSON rate and
-    parse-failure rate of SmolLM2 on N_DECISIONS daily S&P 500 decisions, and the cache-hit replay time."""
+    """The closing-note figures: decisions/s, p50/p95 latency, valid-JSON and parse-failure rates of SmolLM2 on N
+    daily S&P 500 decisions (anonymized prompts), and the cache-hit replay time. Run:
+    `PTRADER_LLM_FIGURES=20 .venv/bin/python -m pytest -s tests/test_llm_serve.py -k figures`."""
     from ptrader.data import load_bundled, validate_bars
-    n = 20
+    n = int(os.environ["PTRADER_LLM_FIGURES"])
     raw, src, _ = load_bundled("SP500")
     bars = validate_bars(raw, source=src, symbol="SP500").bars.loc["2007-01-01":"2008-12-31"]
     md = MarketData(bars, "SP500", min_history=252)
