@@ -617,18 +617,25 @@ class PaperBroker:
         """The risk manager's own orders at a breaker trip: for every open position a market order selling
         `frac` of it (all of it for `CLOSE_ALL_POSITIONS`), filled at the symbol's next open before any other
         order of that bar, logged as a `risk_action` event. A working risk order of the symbol is replaced;
-        closing all cancels the position's bracket children. With the kill switch engaged the action is
+        closing all cancels the position's bracket children; a position that working market orders already
+        sell in full gets none (as in the multi-symbol kernel). With the kill switch engaged the action is
         rejected (`kill_switch`). Risk orders skip the submission rules (they only shrink positions) and
         pass the fill-time checks like any order."""
         tag = action.value
+        live = (OrderStatus.WORKING, OrderStatus.PARTIAL)
         for sym, p in list(self.portfolio.positions.items()):
             if p.qty == 0: continue
+            selling = sum(w.order.qty - w.filled for w in self.orders.values()
+                          if w.order.symbol == sym and w.status in live and w.order.parent_id is None
+                          and w.order.tag not in _RISK_TAGS and w.order.type == OrderType.MARKET
+                          and w.order.side == -np.sign(p.qty))
+            if selling >= abs(p.qty) * (1 - 1e-12): continue
             if self.risk.killed:
                 self.log.emit(ts, EventKind.REJECTED, symbol=sym, side=-int(np.sign(p.qty)), qty=abs(p.qty) * frac,
                               rule="kill_switch", reason=f"{tag}: kill switch is engaged")
                 continue
             for oid, w in list(self.orders.items()):
-                if w.order.symbol == sym and w.order.tag in _RISK_TAGS and w.status in (OrderStatus.WORKING, OrderStatus.PARTIAL):
+                if w.order.symbol == sym and w.order.tag in _RISK_TAGS and w.status in live:
                     self._cancel(oid, ts, f"replaced by {tag}")
                 if (action == RiskAction.CLOSE_ALL_POSITIONS and w.order.symbol == sym and w.order.parent_id is not None
                         and w.active and w.status == OrderStatus.WORKING):

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ptrader.broker import Order, OrderStatus, PaperBroker, PercentCommission, FixedBpsSlippage, RiskLimits
 from ptrader.execution import backtest_signals, backtest_signals_grid, ma_crossover_signals, walk_forward
-from ptrader.portfolio import backtest_signals_multi
+from ptrader.portfolio import backtest_signals_multi, run_strategy
 
 RISK_TAGS = {"close_all_positions", "reduce_positions"}
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -304,6 +304,35 @@ def test_grid_walk_forward_and_multi_take_the_same_actions():
     np.testing.assert_array_equal(replay.equity.to_numpy(), wf.backtest.equity.to_numpy())
     pd.testing.assert_frame_equal(replay.risk_events, wf.backtest.risk_events)
     assert (wf.backtest.risk_events.kind == "risk_action").any()
+
+
+def test_multi_symbol_actions_match_paper_broker_when_an_exit_waits():
+    """Two symbols, C without a bar on the day after its exit signal: when the account then trips its
+    warning, A is halved at its next open while C, whose exit is already working, gets no risk order (the
+    exit closes it at C's next bar). `PaperBroker`, driven by `run_strategy` with the same orders, does the
+    same by itself: same fills, same equity."""
+    ix = pd.bdate_range("2022-01-03", periods=6, name="ts")
+    rows = [[100] * 4, [100] * 4, [100, 100, 90, 90], [90, 90, 85, 85], [85] * 4, [85] * 4]
+    frame = lambda r, i: pd.DataFrame(r, columns=["open", "high", "low", "close"], index=i, dtype=float)
+    bars = {"A": frame(rows, ix), "C": frame([rows[i] for i in (0, 1, 2, 4, 5)], ix[[0, 1, 2, 4, 5]])}
+    E = pd.DataFrame(False, index=ix, columns=list("AC")); E.iloc[0] = True
+    X = E & False; X.loc[ix[2], "C"] = True
+    lim = RiskLimits(daily_loss=0.5, weekly_loss=0.5, dd_warn=0.08)
+    r = backtest_signals_multi(bars, E, X, fees_bps=0, size=0.4, risk=lim)
+    assert r.orders[["symbol", "reason"]].values.tolist() == [["A", "entry"], ["C", "entry"], ["A", "reduce_positions"],
+                                                               ["C", "signal"]]
+    def orders(ts, broker, history):
+        if ts == ix[0]: return [Order(s, 1, 400.0) for s in "AC"]
+        if ts == ix[2]: return [Order("C", -1, broker.portfolio.qty("C"))]
+        return []
+    b = run_strategy(bars, orders, PaperBroker(list("AC"), 100_000.0, limits=lim))
+    f = b.fills()
+    assert f[["ts", "symbol"]].values.tolist() == r.orders[["time", "symbol"]].values.tolist()
+    np.testing.assert_allclose(f.qty.to_numpy(float), r.orders["size"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(f.price.to_numpy(float), r.orders.price.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(pd.Series(dict(b.equity_curve)).to_numpy(), r.equity.to_numpy(), rtol=1e-12)
+    acts = b.log.to_frame().query("kind == 'risk_action'")
+    assert acts[["ts", "symbol", "rule"]].values.tolist() == r.risk_events.query("kind == 'risk_action'")[["ts", "symbol", "rule"]].values.tolist()
 
 
 # ---------------------------------------------------------------- properties
