@@ -46,6 +46,8 @@ PEEKS = {
     "private_storage": lambda v: v._data,
     "frame_storage": lambda v: v.bars._df,
     "series_storage": lambda v: v.close._s,
+    "vars_of_view": lambda v: vars(v)["_data"],
+    "dict_of_frame": lambda v: v.bars.__dict__,
     "iterate": lambda v: list(v.close),
     "full_series_forecaster": lambda v: v.forecast(FULL_FIT, 5),
 }
