@@ -243,3 +243,21 @@ def test_proofs_verify_and_junk_never_passes(leaves, data):
     cp = consistency_path(leaves, k)
     assert verify_consistency(k, n, merkle_root(leaves[:k]), root, cp)
     assert verify_consistency(k, n, merkle_root(leaves[:k]), root, junk) in (False, junk == cp)
+
+
+_WRITER = """
+import sys
+from ptrader.audit import AuditTrail
+t = AuditTrail(sys.argv[1], lock_timeout=60)
+for b in range(int(sys.argv[3])): t.record_many([("signal", {"writer": sys.argv[2], "batch": b, "i": i}) for i in range(4)])
+"""
+
+
+def test_concurrent_writers_keep_one_chain_and_whole_batches(tmp_path):
+    db = tmp_path / "c.duckdb"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db), w, "8"], cwd=ROOT) for w in ("a", "b")]
+    assert all(p.wait(timeout=180) == 0 for p in procs)
+    t = AuditTrail(db); r = t.verify(); assert r.ok and r.rows == 2 * 8 * 4, r
+    ev = t.events()
+    for _, g in ev.groupby("batch"):   # a batch is contiguous and from one writer: one transaction each
+        assert (g["seq"].diff().dropna() == 1).all() and len({p["writer"] for p in g["payload"]}) == 1 and len(g) == 4
