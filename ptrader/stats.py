@@ -522,7 +522,7 @@ class BootstrapResult:
         return "\n".join(lines)
 
     def plot(self, level: float = 0.95):
-        "Plotly figure: a histogram (60 bins, counts of replicates) of each bootstrap distribution with the estimate and the interval."
+        "Plotly figure: a histogram (60 bins over the central 99% of the replicates and the interval, counts; the number outside is noted) of each bootstrap distribution with the estimate and the interval."
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         ci = self.conf_int(level)
@@ -530,7 +530,16 @@ class BootstrapResult:
         for j, k in enumerate(_BOOT_METRICS):
             r, c = divmod(j, 2)
             v = self.replicates[k].to_numpy(); v = v[np.isfinite(v)]
-            cnt, edges = np.histogram(v, bins=60)   # binned here: the figure carries 60 bars, not every replicate
+            # binned here (the figure carries 60 bars, not every replicate) over the central 99% of the replicates and the
+            # interval, so a few extreme replicates (a Sortino ratio with almost no losing days) do not squash the picture
+            lo = min(float(np.quantile(v, 0.005)), ci.loc[k, "ci_low"], ci.loc[k, "estimate"])
+            hi = max(float(np.quantile(v, 0.995)), ci.loc[k, "ci_high"], ci.loc[k, "estimate"])
+            cnt, edges = np.histogram(v, bins=60, range=(lo, hi) if hi > lo else None)
+            n_out = int(v.size - cnt.sum())
+            if n_out:
+                ax = "" if j == 0 else str(j + 1)
+                fig.add_annotation(xref=f"x{ax} domain", yref=f"y{ax} domain", x=1, y=1, showarrow=False, xanchor="right",
+                                   text=f"{n_out} of {v.size} replicates outside the axis", font=dict(size=10))
             fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=cnt, width=np.diff(edges), name=k, showlegend=False,
                                  marker_color="#8da0cb", hovertemplate="%{x:.4g}: %{y} replicates<extra></extra>"), row=r + 1, col=c + 1)
             for xv, dash in ((ci.loc[k, "estimate"], "solid"), (ci.loc[k, "ci_low"], "dash"), (ci.loc[k, "ci_high"], "dash")):
