@@ -34,7 +34,7 @@ __all__ = ['logger', 'AUDIT_ENV', 'GENESIS', 'KIND_RULE', 'AUDIT_COLUMNS', 'BROK
            'canonical_json', 'row_bytes', 'chain_hash', 'leaf_hash', 'node_hash', 'merkle_root', 'inclusion_path',
            'verify_inclusion', 'consistency_path', 'verify_consistency', 'VerifyResult', 'InclusionProof',
            'ConsistencyProof', 'AuditTrail', 'broker_entries', 'decision_entries', 'agent_run_entries',
-           'report_entries', 'cli_main']
+           'validator_entries', 'report_entries', 'cli_main']
 
 # %% ../nbs/01a_audit.ipynb #37e6ff79
 AUDIT_ENV = "PTRADER_AUDIT_DB"
@@ -579,6 +579,24 @@ def agent_run_entries(run, # a ptrader.agents.AgentRun (decisions, broker, param
                           "n_decisions": len(d)}, d["ts"].iloc[0] if len(d) else None)]
     out += decision_entries(d, run_id=run_id, validator=params.get("validator"), shadow=shadow)
     if not shadow: out += broker_entries(run.broker.log.to_frame(), run_id=run_id)
+    return out
+
+def validator_entries(outcomes: pd.DataFrame, # a validator's outcome table, e.g. `ptrader.signals.SignalValidator.table()`
+                      *, run_id: str, validator: str = "SignalValidator",
+                      layers: Sequence[str] | None = None, # the validator's layers in order (`ptrader.signals.LAYERS`)
+                     ) -> list[tuple[str, dict, Any]]:
+    """A `validation` entry per outcome row (ts, symbol, action, accepted, layer, reason). With `layers`, each also
+    lists `layers_passed`: all layers for an accepted call, those before the refusing layer otherwise.
+    Raises `ValueError` for a refusing layer not in `layers`."""
+    if outcomes is None or not len(outcomes): return []
+    out = []
+    for i, r in enumerate(_rows(outcomes)):
+        p = {**r, "run_id": run_id, "validator": validator, "row": i}
+        if layers is not None:
+            layers = list(layers)
+            if not r.get("accepted") and r.get("layer") not in layers: raise ValueError(f"layer {r.get('layer')!r} is not one of {layers}")
+            p["layers_passed"] = layers if r.get("accepted") else layers[: layers.index(r["layer"])]
+        out.append(("validation", p, r.get("ts")))
     return out
 
 def report_entries(run) -> list[tuple[str, dict, Any]]:

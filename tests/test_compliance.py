@@ -224,3 +224,20 @@ def test_cli_exit_codes(tmp_path, base):
     r = run("--db", bad.path, "--policy", "conservative"); assert r.returncode == 1 and "notional_exceeded" in r.stdout, r.stdout
     (tmp_path / "p.toml").write_text("max_risk_score = 7\n")
     r = run("--policy", tmp_path / "p.toml"); assert r.returncode == 2 and "p.toml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_real_signal_validator_reviews_and_clean_under_conservative(tmp_path):
+    signals = pytest.importorskip("ptrader.signals")
+    from ptrader.audit import validator_entries
+    data = MarketData(synthetic_bars(260, seed=5), "SYN", min_history=30)
+    v = signals.SignalValidator(["SYN"])
+    run = run_agent(ScriptedLLM(), data, validator=v, broker=PaperBroker(["SYN"], 100_000.0, limits=POLICY.risk_limits()))
+    ents = agent_run_entries(run, run_id="sv") + validator_entries(v.table(), run_id="sv-table", layers=signals.LAYERS)
+    t, _ = _trail(tmp_path, ents)
+    rep = ComplianceMonitor(POLICY, t).analyze_period()
+    assert rep.counts()["CRITICAL"] == 0, rep.issues_frame()
+    assert rep.summary["validations"] == 2 * len(v.table()) and rep.summary["fills"] > 0
+    # without the review records, every LLM order is flagged under the conservative policy
+    bare = [e for e in ents if e[0] != "validation"]
+    rep2 = ComplianceMonitor(POLICY, _trail(tmp_path, bare, "bare")[0]).analyze_period()
+    assert {i.type for i in rep2.critical} == {"llm_order_without_review"}
