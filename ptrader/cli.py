@@ -165,7 +165,7 @@ def _report_params(args) -> dict:
 def _validate(args) -> int:
     from ptrader.reports import check_params, prepare_warehouse, run_report
     params = check_params(**_report_params(args))
-    db = prepare_warehouse(params, args.db)
+    db = prepare_warehouse(params, args.db, lock_timeout=args.lock_timeout)
     run = run_report("validation", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet)
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
     return EXIT_OK

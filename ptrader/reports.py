@@ -21,7 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import DEFAULTS, reports_dir as _reports_dir, template_path, warehouse_path
-from .data import BUNDLED, Warehouse
+from .data import BUNDLED, Warehouse, check_symbol
 from .errors import ReportError
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ class ValidationParams(BaseModel):
     @field_validator("symbols")
     @classmethod
     def _symbols(cls, v):
-        out = [s.strip().upper() for s in v]
-        bad = [s for s in out if not re.fullmatch(r"[A-Z0-9._^=-]{1,64}", s)]
-        if bad: raise ValueError(f"invalid symbol(s) {bad}")
+        out = [check_symbol(s) for s in v]  # the warehouse's one symbol rule (`ptrader.data.SYMBOL_RULE`)
         if len(set(out)) != len(out): raise ValueError(f"duplicate symbols in {out}")
         return out
 
@@ -106,14 +104,16 @@ def resolve_dates(params: ValidationParams, db_path: Path | str | None = None) -
     if not spans: raise ValueError(f"symbols: none of {params.symbols} has bars in {path}")
     return params.model_copy(update={"start": params.start or min(a for a, _ in spans), "end": params.end or max(b for _, b in spans)})
 
-def prepare_warehouse(params: ValidationParams, db_path: Path | str | None = None) -> Path:
+def prepare_warehouse(params: ValidationParams, db_path: Path | str | None = None,
+                      lock_timeout: float | None = None, # seconds to wait for another writer (default `DEFAULTS.lock_timeout`)
+                     ) -> Path:
     """Ingest missing bundled symbols, then check the bars each symbol has in the range. Returns the warehouse path.
 
     Raises ValueError when a symbol is neither in the warehouse nor bundled, or has fewer bars in the range than
     the report's smallest section needs (3). A symbol too short for some sections is logged (warning) with the
     sections and their minimums; the report shows those sections as skipped with the same numbers."""
     path = Path(db_path) if db_path is not None else warehouse_path()
-    with Warehouse(path) as wh:
+    with Warehouse(path, **({} if lock_timeout is None else {"lock_timeout": lock_timeout})) as wh:
         have = set(wh.symbols())
         missing = [s for s in params.symbols if s not in have]
         unknown = [s for s in missing if s not in BUNDLED]
