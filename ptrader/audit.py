@@ -387,8 +387,15 @@ def _read_rows(self: AuditTrail) -> tuple[list[str], list[tuple]]:
         return cols, rows
     finally: con.close()
 
+def _json_object(text) -> dict | None:
+    "The JSON object in `text`, or None if it is not one (only in a broken trail: verify() reports it)."
+    try: v = json.loads(text)
+    except Exception: return None
+    return v if isinstance(v, dict) else None
+
 def _events(self: AuditTrail, kinds: Sequence[str] | str | None = None, start=None, end=None) -> pd.DataFrame:
-    """Events as a DataFrame (columns `AUDIT_COLUMNS`; `payload` parsed to dicts, `recorded_at` and `event_ts`
+    """Events as a DataFrame (columns `AUDIT_COLUMNS`; `payload` parsed to dicts (None where the stored text is not a
+    JSON object), `recorded_at` and `event_ts`
     as tz-naive UTC Timestamps), in sequence order; `kinds` filters by kind, `start`/`end` (inclusive) by `event_ts`.
     Reads the rows as stored: call `verify()` first to know they are intact."""
     con = self._connect(read_only=True)
@@ -405,9 +412,10 @@ def _events(self: AuditTrail, kinds: Sequence[str] | str | None = None, start=No
     except duckdb.Error as e: raise WarehouseError(f"audit trail {self.path} cannot be read: {e}") from e
     finally: con.close()
     df = df.reindex(columns=list(AUDIT_COLUMNS))
-    df["payload"] = [json.loads(p) for p in df["payload"]]
-    df["recorded_at"] = pd.to_datetime(df["recorded_at"].str.rstrip("Z"))
-    df["event_ts"] = pd.to_datetime(df["event_ts"], errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
+    df["payload"] = [_json_object(p) for p in df["payload"]]
+    df["recorded_at"] = pd.to_datetime(df["recorded_at"].astype(str).str.rstrip("Z"), errors="coerce", format="ISO8601")
+    df["event_ts"] = pd.to_datetime(df["event_ts"].astype(object).where(df["event_ts"].notna(), None).map(lambda x: x if isinstance(x, str) else None),
+                                    errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
     return df
 
 AuditTrail._read_rows, AuditTrail.events = _read_rows, _events

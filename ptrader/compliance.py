@@ -370,12 +370,17 @@ class ComplianceMonitor:
         None: unbounded). Raises `WarehouseError` if the trail cannot be opened."""
         lo, hi = _bound(start, False), _bound(end, True)
         v = self.trail.verify()
-        ev = self.trail.events()
         issues = []
-        if not v.ok:
+        if v.ok: ev = self.trail.events()
+        else:   # analyze only the verified prefix; a table too damaged to read leaves nothing to analyze
             issues.append(ComplianceIssue("CRITICAL", "audit_trail_broken", f"the audit trail fails verification: {v}",
                                           (v.bad_seq,) if v.bad_seq is not None else ()))
-            ev = ev[pd.to_numeric(ev["seq"], errors="coerce") <= v.head_seq]
+            try:
+                ev = self.trail.events() if v.head_seq else None
+                if ev is not None: ev = ev[pd.to_numeric(ev["seq"], errors="coerce") <= v.head_seq].reset_index(drop=True)
+            except Exception as e:
+                logger.warning("audit trail %s unreadable past verification: %s", self.trail.path, e); ev = None
+            if ev is None: ev = pd.DataFrame({c: pd.Series(dtype="object") for c in ("seq", "kind", "payload", "event_ts", "recorded_at")})
         runs = _runs(ev, lo, hi)
         shadow = set(ev.loc[ev["kind"] == "shadow_decision", "seq"].astype(int))
         for r in runs.values():

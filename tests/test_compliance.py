@@ -241,3 +241,23 @@ def test_real_signal_validator_reviews_and_clean_under_conservative(tmp_path):
     bare = [e for e in ents if e[0] != "validation"]
     rep2 = ComplianceMonitor(POLICY, _trail(tmp_path, bare, "bare")[0]).analyze_period()
     assert {i.type for i in rep2.critical} == {"llm_order_without_review"}
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE audit_events AS SELECT * REPLACE (length(payload) AS payload) FROM src",
+    "CREATE TABLE audit_events AS SELECT * REPLACE (CASE WHEN seq = 40 THEN 'not json' ELSE payload END AS payload) FROM src",
+    "CREATE TABLE audit_events AS SELECT *, 'hidden' AS note FROM src",
+    "CREATE TABLE audit_events AS SELECT CAST(seq AS VARCHAR) || 'x' AS seq, * EXCLUDE (seq) FROM src",
+    "CREATE TABLE audit_events AS SELECT * REPLACE (CASE WHEN seq = 30 THEN NULL ELSE event_ts END AS event_ts, "
+    "CASE WHEN seq = 30 THEN 12345 ELSE batch END AS batch) FROM src",
+], ids=["payload_int", "bad_json", "extra_col", "seq_text", "nulls_and_numbers"])
+def test_hostile_trail_gives_a_broken_trail_finding(tmp_path, base, sql, capsys):
+    from ptrader.compliance import cli_main
+    t, _ = _trail(tmp_path, base)
+    p = tmp_path / "hostile.duckdb"
+    con = duckdb.connect(str(p)); con.execute(f"ATTACH '{t.path}' AS s (READ_ONLY)")
+    con.execute("CREATE TABLE src AS SELECT * FROM s.audit_events"); con.execute("DETACH s")
+    con.execute(sql); con.execute("DROP TABLE src"); con.close()
+    rep = ComplianceMonitor(POLICY, AuditTrail(p)).analyze_period()
+    assert [i.type for i in rep.critical] == ["audit_trail_broken"], rep.issues_frame()
+    assert cli_main(["--db", str(p), "--policy", "conservative"]) == 1 and "audit_trail_broken" in capsys.readouterr().out
