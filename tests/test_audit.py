@@ -261,3 +261,23 @@ def test_concurrent_writers_keep_one_chain_and_whole_batches(tmp_path):
     ev = t.events()
     for _, g in ev.groupby("batch"):   # a batch is contiguous and from one writer: one transaction each
         assert (g["seq"].diff().dropna() == 1).all() and len({p["writer"] for p in g["payload"]}) == 1 and len(g) == 4
+
+
+def test_daily_roots_and_day_proofs_over_several_days(tmp_path):
+    "A trail written over three UTC days (write times set back, chain recomputed so it is valid): one head per day."
+    t = AuditTrail(tmp_path / "days.duckdb"); t.record_many([("signal", {"i": i}) for i in range(10)])
+    con = duckdb.connect(str(t.path)); rows = con.execute("SELECT * FROM audit_events ORDER BY seq").fetchall(); prev = "0" * 64
+    for seq, rec, batch, kind, ets, payload, _, _ in rows:
+        rec = ("2024-03-01" if seq <= 3 else "2024-03-02" if seq <= 8 else "2024-03-04") + rec[10:]
+        h = chain_hash(prev, row_bytes(seq, rec, batch, kind, ets, payload))
+        con.execute("UPDATE audit_events SET recorded_at = ?, prev_hash = ?, hash = ? WHERE seq = ?", [rec, prev, h, seq]); prev = h
+    con.close()
+    assert t.verify().ok
+    days = t.daily_roots()
+    assert list(days["day"]) == ["2024-03-01", "2024-03-02", "2024-03-04"] and list(days["size"]) == [3, 5, 2]
+    leaves, _ = t._leaves()
+    for d in days.itertuples():
+        assert d.root == merkle_root(leaves[d.first_seq - 1:d.last_seq]).hex()
+    for seq in range(1, 11):
+        p = t.prove_inclusion(seq, scope="day"); root = days.set_index("day").loc[p.scope, "root"]
+        assert p.verify(root) and not p.verify(days.set_index("day").drop(p.scope)["root"].iloc[0])
