@@ -37,7 +37,7 @@ __all__ = ['logger', 'FORBIDDEN_DECISIONS', 'PRESETS', 'SCHEMA_VERSION', 'SEVERI
            'CompliancePolicy', 'policy_to_toml', 'save_policy', 'load_policy', 'ComplianceIssue', 'ComplianceReport',
            'check_risk_checks', 'check_decisions', 'check_shadow', 'check_orders', 'check_halts', 'ComplianceMonitor',
            'record_policy', 'Alert', 'DeliveryError', 'LogSink', 'JsonlSink', 'slack_payload', 'pagerduty_payload',
-           'WebhookSink', 'Delivery', 'AlertRouter', 'default_router', 'cli_main']
+           'WebhookSink', 'Delivery', 'AlertRouter', 'default_router', 'ComplianceParams', 'cli_main']
 
 # %% ../nbs/08a_compliance.ipynb #86063a69
 FORBIDDEN_DECISIONS = ("override_limits", "proceed_despite_reject", "bypass_risk_check", "emergency_override")
@@ -602,7 +602,41 @@ def default_router(**kw) -> AlertRouter:
     kw.setdefault("dead_letter", os.environ.get("PTRADER_ALERTS_DEAD_LETTER") or data_dir() / "alerts-dead-letter.jsonl")
     return AlertRouter(sinks, **kw)
 
-# %% ../nbs/08a_compliance.ipynb #30cfc938
+# %% ../nbs/08a_compliance.ipynb #f9c41143
+class ComplianceParams(BaseModel):
+    "Validated parameters of the compliance template; raises `pydantic.ValidationError` naming the field."
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    audit_db: str | None = None
+    start: str | None = None
+    end: str | None = None
+    policy: str = "moderate"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _date(cls, v):
+        if v is None: return v
+        try: pd.Timestamp(v)
+        except (ValueError, TypeError) as e: raise ValueError(f"not a date or time: {v!r}") from e
+        return str(v)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v):
+        load_policy(v); return str(v)
+
+    @field_validator("audit_db")
+    @classmethod
+    def _db(cls, v):
+        if v is not None and not Path(v).is_file(): raise ValueError(f"no audit trail at {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.start is not None and self.end is not None and pd.Timestamp(self.start) > pd.Timestamp(self.end):
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
+
+# %% ../nbs/08a_compliance.ipynb #3f47ac20
 def cli_main(argv: Sequence[str] | None = None) -> int:
     "`compliance --start --end [--policy FILE|preset] [--db PATH] [--json FILE]`; returns the exit code (see the section text)."
     ap = argparse.ArgumentParser(prog="ptrader compliance", description="Check the audit trail against a compliance policy.")
@@ -613,9 +647,11 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", help="write the report's JSON to this file")
     a = ap.parse_args(argv)
     try:
-        for x in (a.start, a.end):
-            if x is not None: pd.Timestamp(x)
-        rep = ComplianceMonitor(a.policy, a.db).analyze_period(a.start, a.end)
+        p = ComplianceParams(audit_db=a.db, start=a.start, end=a.end, policy=a.policy)
+        rep = ComplianceMonitor(p.policy, p.audit_db).analyze_period(p.start, p.end)
+    except ValidationError as e:
+        why = "; ".join(("--" + ".".join(map(str, x["loc"])) + ": " if x["loc"] else "") + x["msg"].removeprefix("Value error, ") for x in e.errors())
+        print(f"ptrader compliance: {why}", file=sys.stderr); return 2
     except (ValueError, WarehouseError) as e:
         print(f"ptrader compliance: {e}", file=sys.stderr); return 2
     if a.json: Path(a.json).write_text(rep.to_json(), encoding="utf-8")
@@ -624,6 +660,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         if i.severity != "INFO": print(f"{i.severity} {i.type}: {i.message} [seq {', '.join(map(str, i.evidence[:10]))}]")
     return 1 if rep.critical else 0
 
-# %% ../nbs/08a_compliance.ipynb #540eec22
+# %% ../nbs/08a_compliance.ipynb #1f3b2bfa
 #| eval: false
 if __name__ == "__main__": sys.exit(cli_main())
