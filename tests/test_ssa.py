@@ -1,4 +1,6 @@
-"""ptrader.ssa tests that need more than a notebook cell: property tests over random shapes and the GPU checks.
+"""ptrader.ssa tests that need more than a notebook cell: property tests over random shapes, the truncated SVDs on
+noisy series (accuracy against the full SVD, recorded residuals and products, auto's fallback; the million-point
+cases are marked slow), batched SSA on noisy windows, and the GPU checks.
 
 GPU tests carry the `gpu` marker and skip cleanly when CuPy is missing or sees no CUDA device.
 """
