@@ -24,7 +24,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .config import data_dir
+from .config import data_dir, warehouse_path
 from .errors import WarehouseBusyError, WarehouseError
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ __all__ = ['logger', 'AUDIT_ENV', 'GENESIS', 'KIND_RULE', 'AUDIT_COLUMNS', 'BROK
 AUDIT_ENV = "PTRADER_AUDIT_DB"
 
 def audit_path() -> Path:
-    "Path of the audit trail: `$PTRADER_AUDIT_DB`, else `<root>/data/audit.duckdb`."
+    "Path of the audit trail: `$PTRADER_AUDIT_DB`, else `audit.duckdb` in the warehouse's folder (`<root>/data/audit.duckdb` by default)."
     env = os.environ.get(AUDIT_ENV)
-    return Path(env).expanduser().resolve() if env else data_dir() / "audit.duckdb"
+    return Path(env).expanduser().resolve() if env else warehouse_path().parent / "audit.duckdb"
 
 # %% ../nbs/01a_audit.ipynb #49a83b79
 def plain(x: Any) -> Any:
@@ -620,10 +620,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ptrader audit", description="Verify the hash-chained audit trail or print its head digest.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="check every row's hash chain (and a stored digest)")
-    v.add_argument("--db", help=f"audit DuckDB file (default ${AUDIT_ENV} or data/audit.duckdb)")
+    v.add_argument("--db", help=f"audit DuckDB file (default ${AUDIT_ENV} or audit.duckdb beside the warehouse)")
     v.add_argument("--digest", help="a digest printed earlier by `audit digest` (SEQ:HEX or HEX)")
     g = sub.add_parser("digest", help="print the head's SEQ:HASH to store elsewhere")
-    g.add_argument("--db", help=f"audit DuckDB file (default ${AUDIT_ENV} or data/audit.duckdb)")
+    g.add_argument("--db", help=f"audit DuckDB file (default ${AUDIT_ENV} or audit.duckdb beside the warehouse)")
     a = ap.parse_args(argv)
     trail = AuditTrail(a.db)
     try:

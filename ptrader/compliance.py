@@ -643,7 +643,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--start", help="first day (or time) of the period, e.g. 2024-01-01 (default: the trail's start)")
     ap.add_argument("--end", help="last day (or time) of the period, inclusive (default: the trail's end)")
     ap.add_argument("--policy", default="moderate", help=f"a preset ({', '.join(PRESETS)}) or a TOML policy file (default moderate)")
-    ap.add_argument("--db", help="audit DuckDB file (default $PTRADER_AUDIT_DB or data/audit.duckdb)")
+    ap.add_argument("--db", help="audit DuckDB file (default $PTRADER_AUDIT_DB or audit.duckdb beside the warehouse)")
     ap.add_argument("--json", help="write the report's JSON to this file")
     a = ap.parse_args(argv)
     try:
