@@ -39,10 +39,12 @@ __all__ = ['logger', 'AUDIT_ENV', 'GENESIS', 'KIND_RULE', 'AUDIT_COLUMNS', 'BROK
 # %% ../nbs/01a_audit.ipynb #37e6ff79
 AUDIT_ENV = "PTRADER_AUDIT_DB"
 
-def audit_path() -> Path:
+def audit_path(warehouse: Path | str | None = None, # the warehouse the trail belongs to (default `warehouse_path()`)
+              ) -> Path:
     "Path of the audit trail: `$PTRADER_AUDIT_DB`, else `audit.duckdb` in the warehouse's folder (`<root>/data/audit.duckdb` by default)."
     env = os.environ.get(AUDIT_ENV)
-    return Path(env).expanduser().resolve() if env else warehouse_path().parent / "audit.duckdb"
+    if env: return Path(env).expanduser().resolve()
+    return (Path(warehouse).expanduser() if warehouse is not None else warehouse_path()).resolve().parent / "audit.duckdb"
 
 # %% ../nbs/01a_audit.ipynb #49a83b79
 def plain(x: Any) -> Any:

@@ -49,6 +49,7 @@ def _int(text: str) -> int:
 # %% ../nbs/10_cli.ipynb #9507e93c
 DELEGATED = {  # command -> (module whose `cli_main(argv)` parses and runs it, one-line help)
     "llm": ("ptrader.llm", "local Ollama-compatible model server (`llm serve`) and health check (`llm health`)"),
+    "audit": ("ptrader.audit", "verify the hash-chained audit trail (`audit verify [--digest D]`) or print its head (`audit digest`)"),
 }
 
 _VALIDATE_DESCRIPTION = """\
@@ -125,6 +126,21 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--slow-windows", type=_positive_int, nargs="+", metavar="N", help="slow moving-average windows of the grid (default 50 100 150 200)")
     val.add_argument("--reports-dir", type=Path, default=None, help="output folder (default: $PTRADER_REPORTS or reports/)")
 
+    val.add_argument("--no-compliance", action="store_true",
+                     help="skip the compliance report of the audit trail that normally follows the validation report")
+
+    com = sub.add_parser("compliance", parents=[shared], formatter_class=fmt, epilog=_EXIT_CODES.replace("1 a failed", "1 a CRITICAL issue found, a failed"),
+                         help="run the compliance report (Papermill -> HTML) on the audit trail",
+                         description="Check the audit trail (default: audit.duckdb beside the warehouse, or $PTRADER_AUDIT_DB) against a "
+                                     "compliance policy over [--start, --end]: the trail's hash chain, every signal-level rule, anomalies "
+                                     "and drift. Writes reports/compliance-*.html (+ .ipynb, .json record, .result.json) and lists it in "
+                                     "the index. Exit 1 when a CRITICAL issue is found (for cron).")
+    com.add_argument("--start", help="first day of the period, YYYY-MM-DD (default: the trail's first event)")
+    com.add_argument("--end", help="last day of the period, inclusive (default: the trail's last event)")
+    com.add_argument("--policy", default="moderate", help="a preset (conservative, moderate, aggressive) or a TOML policy file (default moderate)")
+    com.add_argument("--audit-db", type=Path, default=None, help="audit trail file (default: $PTRADER_AUDIT_DB or audit.duckdb beside the warehouse)")
+    com.add_argument("--reports-dir", type=Path, default=None, help="output folder (default: $PTRADER_REPORTS or reports/)")
+
     for name, (_, text) in DELEGATED.items():  # parsed by the module itself: see `main`
         sub.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("status", parents=[shared], help="what the warehouse holds (read-only)", formatter_class=fmt, epilog=_EXIT_CODES,
@@ -162,13 +178,42 @@ def _report_params(args) -> dict:
         given["symbols"] = [check_symbol(s) for s in given["symbols"]]
     return given
 
+def _run_compliance(params, db, args, name=None):
+    "Run the compliance template; returns the run and the counts of issues by severity."
+    import json
+    from ptrader.reports import run_report
+    run = run_report("compliance", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet, name=name)
+    counts = json.loads(run.result.read_text(encoding="utf-8"))["counts"] if run.result else {}
+    print(f"compliance: {run.html} ({', '.join(f'{v} {k}' for k, v in counts.items()) or 'no result'}; {run.seconds:.1f} s)")
+    return run, counts
+
 def _validate(args) -> int:
-    from ptrader.reports import check_params, prepare_warehouse, run_report
+    import datetime as dt
+    from ptrader.audit import audit_path
+    from ptrader.compliance import ComplianceParams
+    from ptrader.reports import check_params, prepare_warehouse, report_name, run_report
     params = check_params(**_report_params(args))
     db = prepare_warehouse(params, args.db, lock_timeout=args.lock_timeout)
-    run = run_report("validation", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet)
+    cname = None if args.no_compliance else report_name("compliance", ComplianceParams(), dt.datetime.now(dt.timezone.utc))
+    run = run_report("validation", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet,
+                     extra={"compliance_report": f"{cname}.html"} if cname else None)
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
+    trail = audit_path(db)
+    if cname and trail.is_file():  # the trail this run appended to; a CRITICAL finding is reported, not a failed validation
+        _run_compliance(ComplianceParams(audit_db=str(trail)), db, args, name=cname)
     return EXIT_OK
+
+def _compliance(args) -> int:
+    from ptrader.audit import audit_path
+    from ptrader.compliance import ComplianceParams
+    from ptrader.config import warehouse_path
+    db = Path(args.db) if args.db is not None else warehouse_path()
+    trail = Path(args.audit_db) if args.audit_db is not None else audit_path(db)
+    if not trail.is_file():
+        print(f"ptrader compliance: no audit trail at {trail}; `ptrader validate` writes one", file=sys.stderr); return EXIT_BAD_INPUT
+    params = ComplianceParams(audit_db=str(trail), start=args.start, end=args.end, policy=args.policy)
+    _, counts = _run_compliance(params, db, args)
+    return EXIT_FAILED if counts.get("CRITICAL", 0) else EXIT_OK
 
 # %% ../nbs/10_cli.ipynb #089db118
 def _printable(s) -> str:
@@ -213,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     def fail(msg, code):
         print(f"{cmd}: {msg}", file=sys.stderr); return code
     try:
-        return {"ingest": _ingest, "validate": _validate, "status": _status}[args.command](args)
+        return {"ingest": _ingest, "validate": _validate, "compliance": _compliance, "status": _status}[args.command](args)
     except WarehouseBusyError as e: return fail(e, EXIT_BUSY)
     except WarehouseError as e: return fail(e, EXIT_BAD_INPUT)
     except DataValidationError as e: return fail(f"invalid input: {e}", EXIT_BAD_INPUT)

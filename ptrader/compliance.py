@@ -277,9 +277,12 @@ def check_orders(run: _Run, policy: CompliancePolicy) -> list[ComplianceIssue]:
     "The order-level limit checks of the section text."
     out, inp = [], {s for s, *_, i in run.events if i}
     restricted = {s.upper() for s in policy.restricted}
-    for oid, fs in run.fills.items():
+    # fills without an order id (a backtest's fills) are each their own order: never summed into one
+    groups = [(oid, fs) for oid, fs in run.fills.items() if oid is not None] + [(None, [f]) for f in run.fills.get(None, [])]
+    for oid, fs in groups:
         fs = [(s, p) for s, p in fs if s in inp]
         if not fs: continue
+        what = f"order {oid}" if oid is not None else f"fill seq {fs[0][0]} (no order id)"
         fseqs = tuple(s for s, _ in fs)
         did = run.order_decision.get(oid); ref = _num(run.decisions[did][1].get("close")) if did in run.decisions else math.nan
         order = run.payloads.get(run.orders.get(oid), {}) if oid in run.orders else {}
@@ -292,11 +295,11 @@ def check_orders(run: _Run, policy: CompliancePolicy) -> list[ComplianceIssue]:
             est = oqty * (_num(order.get("price")) if _num(order.get("price")) > 0 else ref)
             gap = est <= policy.max_order_notional   # within the cap at the price known when it was sent; the fill price moved it over
             out.append(ComplianceIssue("WARNING" if gap else "CRITICAL", "fill_notional_over_cap" if gap else "notional_exceeded",
-                                       f"order {oid} filled {notional:,.2f} > {policy.max_order_notional:,.2f}"
+                                       f"{what} filled {notional:,.2f} > {policy.max_order_notional:,.2f}"
                                        + (f" (sent at an estimated {est:,.2f})" if gap else ""), fseqs, run.run_id))
         sym = str(fs[0][1].get("symbol") or "").upper()
         if sym and sym in restricted:
-            out.append(ComplianceIssue("CRITICAL", "restricted_symbol", f"restricted {sym} traded (order {oid})", fseqs, run.run_id))
+            out.append(ComplianceIssue("CRITICAL", "restricted_symbol", f"restricted {sym} traded ({what})", fseqs, run.run_id))
         for s, p in fs:
             px = _num(p.get("price"))
             if ref > 0 and abs(px / ref - 1) > policy.price_collar:
@@ -629,6 +632,10 @@ class ComplianceParams(BaseModel):
     def _db(cls, v):
         if v is not None and not Path(v).is_file(): raise ValueError(f"no audit trail at {v}")
         return v
+
+    def run_label(self) -> str:
+        "The middle of the report's file name (see `ptrader.reports.report_name`): policy, start and end."
+        return f"{Path(self.policy).stem}-{self.start or 'all'}-{self.end or 'all'}"
 
     @model_validator(mode="after")
     def _order(self):

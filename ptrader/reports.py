@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FORECAST_WINDOW', 'FORECAST_H', 'ValidationParams', 'check_params', 'section_minimums', 'resolve_dates',
-           'prepare_warehouse', 'decimate', 'log_ticks', 'ReportRun', 'compress_plotly', 'render_html', 'run_report',
-           'write_index']
+           'prepare_warehouse', 'decimate', 'log_ticks', 'ReportRun', 'compress_plotly', 'render_html',
+           'template_parameters', 'report_name', 'run_report', 'write_index']
 
 # %% ../nbs/09_reports.ipynb #b1a6870a
 class ValidationParams(BaseModel):
@@ -181,6 +181,7 @@ class ReportRun:
     status: str  # 'ok' or 'failed'
     seconds: float
     error: str | None = None
+    result: Path | None = None  # the JSON result a template writes to its `report_json` parameter, if it has one
 
 def _versions() -> dict[str, str]:
     out = {}
@@ -237,35 +238,73 @@ def _failing_cell(ipynb: Path) -> str:
                         f"{out.get('ename')}: {out.get('evalue')}")
     return "unknown cell"
 
+def template_parameters(path: Path | str) -> set[str]:
+    "Names assigned in the cell tagged `parameters` of the notebook at `path` (Papermill's convention); empty if none."
+    import ast, nbformat
+    nb = nbformat.read(path, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None: return set()
+    return {t.id for node in ast.parse(cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+
+def report_name(template: str, # template name
+                params: BaseModel, # its validated parameters
+                started: dt.datetime, # the run's start (UTC)
+               ) -> str:
+    """File stem of a run: `<template>-<label>-<UTC time>`, the label being `params.run_label()` where the model
+    defines it, else its symbols joined by `_` (e.g. `validation-SP500_NASDAQ-20261120T221500123456Z`)."""
+    if callable(getattr(params, "run_label", None)): label = params.run_label()
+    else: label = "_".join(getattr(params, "symbols", None) or ["run"])
+    label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
+    return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
+
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
-               params: ValidationParams | None = None, # validated parameters
+               params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
                out_dir: Path | str | None = None, # where reports go (default `reports_dir()`)
                progress: bool = True, # Papermill's progress bar
                kernel_name: str = "python3",
                quiet: bool | None = None, # silence the kernel's own log on stderr (default: `not progress`)
+               name: str | None = None, # file stem (default `report_name(template, params, now)`)
+               extra: dict | None = None, # more parameters for the template (e.g. a link to a companion report)
+               audit: bool = True, # record the run in the audit trail (`ptrader.audit.audit_path(db_path)`)
               ) -> ReportRun:
-    """Execute `template` with `params` and write `<out_dir>/<template>-<symbols>-<UTC time>.ipynb`,
-    `.html` and `.json`, then rebuild `index.html`. `start` / `end` left None are resolved to the symbols' first /
-    last bar (`resolve_dates`) and recorded so. Quiet runs start the kernel with its log level at CRITICAL, which
+    """Execute `template` with `params` and write `<out_dir>/<name>.ipynb`, `.html` and `.json`, then rebuild
+    `index.html`. `start` / `end` of `ValidationParams` left None are resolved to the symbols' first / last bar
+    (`resolve_dates`) and recorded so. Quiet runs start the kernel with its log level at CRITICAL, which
     silences ipykernel's "running over TCP without encryption" warning and its "KeyboardInterrupt caught in
     kernel" at shutdown; errors in cells still reach the notebook and the record.
 
-    Raises `ReportError` naming the failing cell when the notebook fails (the files are still written)."""
+    The runner fills the parameters a template declares in its parameters cell and leaves None: `db_path` (the
+    warehouse), `audit_db` (the audit trail), `run_id` (the run's name) and `report_json` (`<name>.result.json`,
+    recorded as the run's `result`). With `audit`, the run's JSON record is appended to the audit trail as a
+    `report_run` event (a failure to write it is logged and recorded, never hidden).
+
+    Raises `ValueError` for a template other than validation without `params`, and `ReportError` naming the
+    failing cell when the notebook fails (the files are still written)."""
     import papermill as pm
-    params = params or ValidationParams()
+    from ptrader.audit import AuditTrail, audit_path, report_entries
+    if params is None:
+        if template != "validation": raise ValueError(f"run_report: template {template!r} needs its parameters")
+        params = ValidationParams()
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db_path) if db_path is not None else warehouse_path()
-    if template == "validation": params = resolve_dates(params, db)
+    trail = audit_path(db)
+    if isinstance(params, ValidationParams): params = resolve_dates(params, db)
     quiet = (not progress) if quiet is None else quiet
     started = dt.datetime.now(dt.timezone.utc)
-    name = f"{template}-{'_'.join(params.symbols)}-{started:%Y%m%dT%H%M%S%fZ}"
+    name = name or report_name(template, params, started)
     ipynb, html_path, record = out / f"{name}.ipynb", out / f"{name}.html", out / f"{name}.json"
-    injected = {**params.model_dump(mode="json"), "db_path": str(db.resolve())}
+    result = out / f"{name}.result.json"
+    source = template_path(template)
+    declared = template_parameters(source)
+    injected = {**params.model_dump(mode="json"), **(extra or {})}
+    for k, v in {"db_path": str(db.resolve()), "audit_db": str(trail), "run_id": name, "report_json": str(result)}.items():
+        if k in declared and injected.get(k) is None: injected[k] = v
     t0 = time.perf_counter(); status, error = "ok", None
     try:
-        pm.execute_notebook(str(template_path(template)), str(ipynb), parameters=injected, kernel_name=kernel_name,
+        pm.execute_notebook(str(source), str(ipynb), parameters=injected, kernel_name=kernel_name,
                             progress_bar=progress, cwd=str(out), language="python",
                             extra_arguments=["--IPKernelApp.log_level=CRITICAL"] if quiet else [])
     except pm.PapermillExecutionError:
@@ -275,12 +314,19 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     finally:
         if ipynb.exists(): render_html(ipynb, html_path)
         seconds = time.perf_counter() - t0
-        record.write_text(json.dumps({
-            "name": name, "template": template, "started_utc": started.isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2), "status": status if ipynb.exists() else "failed", "error": error,
-            "parameters": injected, "html": html_path.name, "ipynb": ipynb.name, "versions": _versions()}, indent=2))
+        rec = {"name": name, "template": template, "started_utc": started.isoformat(timespec="seconds"),
+               "seconds": round(seconds, 2), "status": status if ipynb.exists() else "failed", "error": error,
+               "parameters": injected, "html": html_path.name, "ipynb": ipynb.name,
+               "result": result.name if result.is_file() else None, "versions": _versions()}
+        if audit:
+            try:
+                AuditTrail(trail).record_many(report_entries(rec)); rec["audit_db"] = str(trail)
+            except Exception as e:  # the report stands; the record says the trail did not get it
+                log.warning("could not record report %s in the audit trail %s: %s", name, trail, e)
+                rec["audit_error"] = f"{type(e).__name__}: {e}"
+        record.write_text(json.dumps(rec, indent=2))
         write_index(out)
-    run = ReportRun(name, ipynb, html_path, record, status, seconds, error)
+    run = ReportRun(name, ipynb, html_path, record, status, seconds, error, result if result.is_file() else None)
     if status != "ok":
         where = f"; see {html_path}" if html_path.exists() else ""
         raise ReportError(f"report {ipynb.name} failed in {error}{where}")

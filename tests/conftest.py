@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (runs in CI; skip locally with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs CUDA and CuPy; skipped cleanly without them")
+    config.addinivalue_line("markers", "llm: talks to a model server (loopback fake or ptrader llm serve); run serially, never in parallel")
 
 
 @pytest.fixture
@@ -21,6 +22,7 @@ def env(tmp_path):
     e = dict(os.environ)
     e["PTRADER_DB"] = str(tmp_path / "w.duckdb")
     e["PTRADER_REPORTS"] = str(tmp_path / "reports")
+    e.pop("PTRADER_AUDIT_DB", None)  # the audit trail goes beside the test's warehouse
     return e
 
 

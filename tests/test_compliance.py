@@ -261,3 +261,23 @@ def test_hostile_trail_gives_a_broken_trail_finding(tmp_path, base, sql, capsys)
     rep = ComplianceMonitor(POLICY, AuditTrail(p)).analyze_period()
     assert [i.type for i in rep.critical] == ["audit_trail_broken"], rep.issues_frame()
     assert cli_main(["--db", str(p), "--policy", "conservative"]) == 1 and "audit_trail_broken" in capsys.readouterr().out
+
+
+def test_backtest_fills_without_order_ids_are_checked_one_by_one(tmp_path):
+    "A backtest's fills carry no order id: each is judged against the notional cap alone, never summed with the others."
+    from ptrader.audit import broker_entries
+    from ptrader.broker import RiskLimits
+    from ptrader.execution import backtest_signals, ma_crossover_signals
+    bars = synthetic_bars(800, seed=3)
+    en, ex = ma_crossover_signals(bars["close"], 10, 40)
+    r = backtest_signals(bars, en, ex, symbol="SYN", init_cash=100_000.0, size=0.5, risk=RiskLimits.permissive())
+    ev = r.events(); fills = ev[ev.kind == "fill"]
+    notional = (fills["qty"].abs() * fills["price"]).to_numpy()
+    assert len(fills) >= 6 and notional.sum() > 3 * notional.max()
+    t, _ = _trail(tmp_path, broker_entries(ev, run_id="bt", source="backtest"))
+    def over(cap):
+        pol = CompliancePolicy(**{**PRESETS["aggressive"].model_dump(), "name": "cap", "max_order_notional": cap})
+        return [i for i in ComplianceMonitor(pol, t).analyze_period(None, None).issues if i.type == "notional_exceeded"]
+    assert over(notional.max() * 1.001) == []                       # every single fill is within the cap
+    hits = over(notional.max() * 0.999)                              # only the largest fill is over it
+    assert len(hits) == 1 and hits[0].severity == "CRITICAL" and "no order id" in hits[0].message
