@@ -183,7 +183,7 @@ def _run_compliance(params, db, args, name=None):
     import json
     from ptrader.reports import run_report
     run = run_report("compliance", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet, name=name)
-    counts = json.loads(run.result.read_text(encoding="utf-8"))["counts"] if run.result else {}
+    counts = json.loads(run.result.read_text(encoding="utf-8")).get("counts", {}) if run.result else {}
     print(f"compliance: {run.html} ({', '.join(f'{v} {k}' for k, v in counts.items()) or 'no result'}; {run.seconds:.1f} s)")
     return run, counts
 
@@ -199,8 +199,10 @@ def _validate(args) -> int:
                      extra={"compliance_report": f"{cname}.html"} if cname else None)
     print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
     trail = audit_path(db)
-    if cname and trail.is_file():  # the trail this run appended to; a CRITICAL finding is reported, not a failed validation
+    if cname and trail.is_file():  # the whole trail this run appended to; a CRITICAL finding is reported, not a failed validation
         _run_compliance(ComplianceParams(audit_db=str(trail)), db, args, name=cname)
+    elif cname:
+        print(f"compliance: not run, no audit trail at {trail} (see the run record's audit_error)")
     return EXIT_OK
 
 def _compliance(args) -> int:
@@ -211,7 +213,11 @@ def _compliance(args) -> int:
     trail = Path(args.audit_db) if args.audit_db is not None else audit_path(db)
     if not trail.is_file():
         print(f"ptrader compliance: no audit trail at {trail}; `ptrader validate` writes one", file=sys.stderr); return EXIT_BAD_INPUT
-    params = ComplianceParams(audit_db=str(trail), start=args.start, end=args.end, policy=args.policy)
+    from pydantic import ValidationError
+    try: params = ComplianceParams(audit_db=str(trail), start=args.start, end=args.end, policy=args.policy)
+    except ValidationError as e:  # one line naming the option, not pydantic's report
+        why = "; ".join(f"--{'.'.join(map(str, x['loc']))}: " * bool(x["loc"]) + x["msg"].removeprefix("Value error, ") for x in e.errors())
+        print(f"ptrader compliance: {why}", file=sys.stderr); return EXIT_BAD_INPUT
     _, counts = _run_compliance(params, db, args)
     return EXIT_FAILED if counts.get("CRITICAL", 0) else EXIT_OK
 
@@ -245,12 +251,24 @@ def _status(args) -> int:
     return EXIT_OK
 
 # %% ../nbs/10_cli.ipynb #1f6670a8
+_VALUED = {"--db", "--lock-timeout"}  # global options that take a value
+
+def _command_index(argv: list[str]) -> int | None:
+    "Position of the command in `argv`, past the global options (`--db W`, `--db=W`, `-q`, ...); None if there is none."
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in _VALUED else 1
+    return i if i < len(argv) else None
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `ptrader` console script. Returns the exit code (see the top of this notebook)."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:  # `ptrader llm serve ...`: the module owns its arguments
-        import importlib
-        return importlib.import_module(DELEGATED[argv[0]][0]).cli_main(argv[1:])
+    i = _command_index(argv)
+    if i is not None and argv[i] in DELEGATED:  # `ptrader llm serve ...`: the module owns its arguments
+        import importlib, os
+        given = _parser().parse_args(argv[:i] + ["status"])  # the global options before the command, checked as usual
+        if given.db is not None: os.environ["PTRADER_DB"] = str(given.db)  # e.g. the audit trail beside this warehouse
+        return importlib.import_module(DELEGATED[argv[i]][0]).cli_main(argv[i + 1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -290,7 +290,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db_path) if db_path is not None else warehouse_path()
-    trail = audit_path(db)
+    trail = Path(params.audit_db) if getattr(params, "audit_db", None) else audit_path(db)  # a report on a given trail records itself there
     if isinstance(params, ValidationParams): params = resolve_dates(params, db)
     quiet = (not progress) if quiet is None else quiet
     started = dt.datetime.now(dt.timezone.utc)

@@ -9,6 +9,7 @@ import zipfile
 import nbformat
 import pytest
 
+from ptrader.audit import AuditTrail
 from ptrader.data import Warehouse
 from ptrader.execution import backtest_signals, buy_and_hold_signals
 from ptrader.errors import ReportError
@@ -36,7 +37,24 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
     record = json.loads(htmls[0].with_suffix(".json").read_text())
     assert record["status"] == "ok" and record["parameters"]["symbols"] == ["SP500"]
     index = (rep / "index.html").read_text()
-    assert htmls[0].name in index and "1 run(s)" in index
+    comp = sorted(rep.glob("compliance-moderate-all-all-*.html"))   # the compliance report of the trail follows the run
+    assert len(comp) == 1 and htmls[0].name in index and comp[0].name in index and "2 run(s)" in index
+    assert re.search(rf"href=[\"']{re.escape(comp[0].name)}[\"']", page)            # section 6 links it
+
+    # section 6: the live-policy replays and both report runs are in the audit trail beside the warehouse, intact
+    trail = AuditTrail(tmp_path / "audit.duckdb")
+    assert trail.verify().ok
+    ev = trail.events()
+    runs = {p["run_id"] for p in ev.payload if isinstance(p, dict) and "run_id" in p}
+    assert {f"{htmls[0].stem}:SP500:buy and hold", f"{htmls[0].stem}:SP500:MA crossover (walk-forward)"} <= runs
+    assert {"fill", "report_run"} <= set(ev["kind"]) and (ev["kind"] == "report_run").sum() == 2
+    result = json.loads((rep / f"{comp[0].stem}.result.json").read_text())
+    assert json.loads(comp[0].with_suffix(".json").read_text())["result"] == f"{comp[0].stem}.result.json"
+    # `ptrader compliance` on the same trail: exit 1 exactly when a CRITICAL issue is found; global options before `audit`
+    c = cli("compliance", "--quiet")
+    assert c.returncode == (1 if result["counts"]["CRITICAL"] else 0), c.stderr
+    a = cli("-q", "--db", tmp_path / "w.duckdb", "audit", "verify")
+    assert a.returncode == 0 and a.stdout.startswith("ok:"), a.stderr
 
     # the buy-and-hold row of the executed notebook equals a backtest run here on the same bars
     nb = nbformat.read(htmls[0].with_suffix(".ipynb"), as_version=4)
