@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: validate test install install-dev install-llm export-check nbtest pytest pytest-llm bench clean
+.PHONY: validate test test-slow install install-dev install-llm export-check nbtest pytest pytest-llm bench clean
 
 # The [llm] extra: llama-cpp-python compiles from source (minutes). Its default -march=native build uses AMX
 # instructions some VMs advertise but trap (SIGILL), so it is built portable, once, into a wheel cache outside
@@ -48,8 +48,11 @@ export-check:                ## the committed package must be what the notebooks
 nbtest:                      ## notebook cells (slow and cuda cells skipped; add FLAGS="slow" to run them)
 	$(BIN)/nbdev_test --n_workers 2 $(if $(FLAGS),--flags "$(FLAGS)")
 
-pytest:                      ## serial: the llm-marked tests share one CPU-bound local model and must not run in parallel
-	$(BIN)/python -m pytest -q tests
+pytest:                      ## serial (the llm-marked tests share one CPU-bound local model); slow cases: make test-slow
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install-dev install-llm   ## the long Monte Carlo coverage tests, the long user-series reports, million-point SSA
+	$(BIN)/python -m pytest -q -m slow tests
 
 pytest-llm:                  ## only the tests that talk to a model server (fake or real)
 	$(BIN)/python -m pytest -q -m llm tests

@@ -291,7 +291,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db_path) if db_path is not None else warehouse_path()
     trail = Path(params.audit_db) if getattr(params, "audit_db", None) else audit_path(db)  # a report on a given trail records itself there
-    if isinstance(params, ValidationParams): params = resolve_dates(params, db)
+    if template == "validation" and isinstance(params, ValidationParams): params = resolve_dates(params, db)
     quiet = (not progress) if quiet is None else quiet
     started = dt.datetime.now(dt.timezone.utc)
     name = name or report_name(template, params, started)

@@ -101,6 +101,8 @@ def test_failing_template_leaves_files_and_names_cell(tmp_path, monkeypatch):
     rec = json.loads(next(out.glob("failing-*.json")).read_text())
     assert rec["status"] == "failed" and "boom" in rec["error"]
     assert "failed" in (out / "index.html").read_text()
+    ev = AuditTrail(tmp_path / "audit.duckdb").events()      # the failed run is in the audit trail too, with its error
+    assert list(ev["kind"]) == ["report_run"] and ev.payload.iloc[0]["status"] == "failed" and "boom" in ev.payload.iloc[0]["error"]
 
 
 @pytest.mark.slow
