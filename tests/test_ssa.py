@@ -131,19 +131,7 @@ def test_auto_backend_falls_back_without_gpu():
 
 # --- noisy series: convergence, accuracy against the full SVD, products, auto's fallback -------------------------------
 
-def _noisy(kind: str, N: int, seed: int = 0) -> np.ndarray:
-    "Series like data: the signal has rank 4 (white, ar1) or a decaying spectrum (rw); rank 5 reaches the noise floor."
-    from scipy.signal import lfilter
-    t = np.arange(N)
-    rng = np.random.default_rng(seed)
-    base = np.sin(2 * np.pi * t / 500) + 2 * t / N
-    if kind == "white":
-        return base + 0.1 * rng.standard_normal(N)
-    if kind == "ar1":
-        return base + lfilter([1.0], [1.0, -0.7], 0.1 * rng.standard_normal(N))
-    if kind == "rw":
-        return np.cumsum(rng.standard_normal(N))
-    return np.cos(2 * np.pi * t / 7) + np.sin(2 * np.pi * t / 17) * np.exp(1.5 * t / N) + np.exp(-1.2 * t / N)
+from ssa_series import noisy_series as _noisy  # shared with tests/bench/bench_ssa.py
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,21 +40,8 @@ def series(N: int, seed: int = 0) -> np.ndarray:
             + 0.3 * np.sin(2 * np.pi * t / 101) + 0.2 * np.cos(2 * np.pi * t / 33) + 0.1 * rng.standard_normal(N))
 
 
-def noisy_series(kind: str, N: int, seed: int = 0) -> np.ndarray:
-    "The series of case 4 (see the module docstring)."
-    from scipy.signal import lfilter
-    t = np.arange(N)
-    rng = np.random.default_rng(seed)
-    base = np.sin(2 * np.pi * t / 500) + 2 * t / N
-    if kind == "white":
-        return base + 0.1 * rng.standard_normal(N)
-    if kind == "ar1":
-        return base + lfilter([1.0], [1.0, -0.7], 0.1 * rng.standard_normal(N))
-    if kind == "rw":
-        return np.cumsum(rng.standard_normal(N))
-    if kind == "clean":
-        return np.cos(2 * np.pi * t / 7) + np.sin(2 * np.pi * t / 17) * np.exp(1.5 * t / N) + np.exp(-1.2 * t / N)
-    raise ValueError(f"kind: unknown series {kind!r}")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ssa_series import noisy_series  # the series the tests use (tests/ssa_series.py)
 
 
 def fft_pair_unit(N: int, repeat: int = 7):
