@@ -51,8 +51,17 @@ class ValidationParams(BaseModel):
     train_bars: int = Field(756, ge=100, le=100_000)  # walk-forward training window (about 3 years)
     test_bars: int = Field(252, ge=20, le=100_000)  # walk-forward test window (about 1 year)
     periods_per_year: int = Field(DEFAULTS.periods_per_year, gt=0, le=525_600)  # bars per year (525,600: minute bars)
+    # the agentic validation section (`ptrader.harness`): "none" skips it; "ollama:MODEL" is the LLM agent judged
+    agent: str = Field("ollama:smollm2:135m", pattern=r"^(none|ollama:[A-Za-z0-9._:/-]{1,200})$")
+    agent_symbols: list[str] = Field(default_factory=lambda: ["SP500", "NASDAQ", "WTI"], min_length=1)
+    agent_cadence: int = Field(5, ge=1, le=10_000)  # bars between decisions (5: weekly on daily bars)
+    agent_splits: int = Field(18, ge=1, le=1_000)  # non-overlapping walk-forward test windows, most recent last
+    agent_test_bars: int = Field(21, ge=5, le=100_000)  # bars per test window (21: about a month)
+    llm_host: str | None = None  # an Ollama server; None: start the bundled model with `ptrader llm serve`
+    llm_cache: str | None = None  # the response cache (DuckDB); None: llm_cache.duckdb beside the warehouse
+    agent_required: bool = False  # True (asked for on the command line): no model answer is a failed run
 
-    @field_validator("symbols")
+    @field_validator("symbols", "agent_symbols")
     @classmethod
     def _symbols(cls, v):
         out = [check_symbol(s) for s in v]  # the warehouse's one symbol rule (`ptrader.data.SYMBOL_RULE`)
