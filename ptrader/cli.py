@@ -19,7 +19,7 @@ log = logging.getLogger("ptrader")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # 75 is sysexits.h EX_TEMPFAIL: try again later
 
 # %% auto #0
-__all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'DELEGATED', 'status_table', 'main']
+__all__ = ['log', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'DELEGATED', 'delegate', 'status_table', 'main']
 
 # %% ../nbs/10_cli.ipynb #ace0857a
 def _finite(text: str) -> float:
@@ -47,10 +47,20 @@ def _int(text: str) -> int:
     except ValueError: raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 # %% ../nbs/10_cli.ipynb #9507e93c
-DELEGATED = {  # command -> (module whose `cli_main(argv)` parses and runs it, one-line help)
+DELEGATED = {  # command -> ("module" whose `cli_main(argv)`, or "module:function", parses and runs it; one-line help)
     "llm": ("ptrader.llm", "local Ollama-compatible model server (`llm serve`) and health check (`llm health`)"),
     "audit": ("ptrader.audit", "verify the hash-chained audit trail (`audit verify [--digest D]`) or print its head (`audit digest`)"),
+    "agent": ("ptrader.harness", "judge an agent against its baselines, gates and capital ladder (`agent evaluate --agent ollama:MODEL`)"),
+    "report": ("ptrader.reports", "run any report template (`report run NAME -p k=v`), list runs, store schedules (`report schedule NAME --cron ...`)"),
+    "scheduler": ("ptrader.reports:scheduler_main", "run the stored report schedules in the foreground (`scheduler run`)"),
+    "dashboard": ("ptrader.dashboard", "serve the policy-tuning dashboard (Voila) on 127.0.0.1"),
 }
+
+def delegate(command: str, argv: list[str]) -> int:
+    "Run a delegated command's entry point (see `DELEGATED`) on the arguments after the command word."
+    import importlib
+    module, _, func = DELEGATED[command][0].partition(":")
+    return getattr(importlib.import_module(module), func or "cli_main")(argv)
 
 _VALIDATE_DESCRIPTION = """\
 Run the validation report on warehouse data: the Papermill notebook nbs/reports/validation.ipynb,
@@ -126,6 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--slow-windows", type=_positive_int, nargs="+", metavar="N", help="slow moving-average windows of the grid (default 50 100 150 200)")
     val.add_argument("--reports-dir", type=Path, default=None, help="output folder (default: $PTRADER_REPORTS or reports/)")
 
+    val.add_argument("--agent", metavar="SPEC", help="the agent the 'Agentic validation' section judges: ollama:MODEL, or none to skip it "
+                     "(default: ollama:smollm2:135m, the bundled model through `ptrader llm serve`, run only if it answers; "
+                     "given explicitly, a model that gives no answer fails the run)")
+    val.add_argument("--agent-symbols", nargs="+", metavar="SYM", help="symbols the agent and its baselines trade (default SP500 NASDAQ WTI)")
+    val.add_argument("--agent-cadence", type=_positive_int, metavar="BARS", help="bars between the agent's decisions (default 5: weekly)")
+    val.add_argument("--agent-splits", type=_positive_int, metavar="N", help="non-overlapping walk-forward test windows (default 18)")
+    val.add_argument("--agent-test-bars", type=_positive_int, metavar="BARS", help="bars per agent test window (default 21)")
+    val.add_argument("--ollama-host", dest="llm_host", metavar="URL", help="an Ollama server for the agent (default: start the bundled model)")
+    val.add_argument("--llm-cache", metavar="PATH", help="the LLM response cache, DuckDB (default: llm_cache.duckdb beside the warehouse)")
     val.add_argument("--no-compliance", action="store_true",
                      help="skip the compliance report of the audit trail that normally follows the validation report")
 
@@ -168,14 +187,16 @@ def _ingest(args) -> int:
 
 # %% ../nbs/10_cli.ipynb #997afcb4
 _REPORT_OPTIONS = ("symbols", "start", "end", "initial_cash", "fees_bps", "slippage_bps", "seed",
-                   "train_bars", "test_bars", "fast_windows", "slow_windows")
+                   "train_bars", "test_bars", "fast_windows", "slow_windows",
+                   "agent", "agent_symbols", "agent_cadence", "agent_splits", "agent_test_bars", "llm_host", "llm_cache")
 
 def _report_params(args) -> dict:
     "The report parameters given on the command line (the others keep `ValidationParams`' defaults)."
     given = {k: getattr(args, k) for k in _REPORT_OPTIONS if getattr(args, k, None) is not None}
-    if "symbols" in given:
-        from ptrader.data import check_symbol
-        given["symbols"] = [check_symbol(s) for s in given["symbols"]]
+    from ptrader.data import check_symbol
+    for k in ("symbols", "agent_symbols"):
+        if k in given: given[k] = [check_symbol(s) for s in given[k]]
+    if given.get("agent", "none") != "none": given["agent_required"] = True  # asked for: no answer from the model fails the run
     return given
 
 def _run_compliance(params, db, args, name=None):
@@ -194,6 +215,10 @@ def _validate(args) -> int:
     from ptrader.reports import check_params, prepare_warehouse, report_name, run_report
     params = check_params(**_report_params(args))
     db = prepare_warehouse(params, args.db, lock_timeout=args.lock_timeout)
+    if params.agent != "none":  # the agent's symbols, and VIX for its regime labels, ingested too where bundled and missing
+        extra = [s for s in [*params.agent_symbols, "VIX"] if s not in params.symbols]
+        prepare_warehouse(params.model_copy(update={"symbols": list(dict.fromkeys(extra)), "start": None, "end": None}),
+                          db, lock_timeout=args.lock_timeout)
     cname = None if args.no_compliance else report_name("compliance", ComplianceParams(), dt.datetime.now(dt.timezone.utc))
     run = run_report("validation", params, db_path=db, out_dir=args.reports_dir, progress=not args.quiet,
                      extra={"compliance_report": f"{cname}.html"} if cname else None)
@@ -265,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     i = _command_index(argv)
     if i is not None and argv[i] in DELEGATED:  # `ptrader llm serve ...`: the module owns its arguments
-        import importlib, os
+        import os
         given = _parser().parse_args(argv[:i] + ["status"])  # the global options before the command, checked as usual
         if given.db is not None: os.environ["PTRADER_DB"] = str(given.db)  # e.g. the audit trail beside this warehouse
-        return importlib.import_module(DELEGATED[argv[i]][0]).cli_main(argv[i + 1:])
+        return delegate(argv[i], argv[i + 1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
