@@ -5,31 +5,47 @@
 # %% ../nbs/09_reports.ipynb #fd0b3536
 from __future__ import annotations
 
+import argparse
+import ast
+import contextlib
 import datetime as dt
 import html
 import json
 import logging
 import math
+import os
 import re
+import shlex
+import shutil
+import sys
+import threading
 import time
+import types
+import typing
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .config import DEFAULTS, reports_dir as _reports_dir, template_path, warehouse_path
 from .data import BUNDLED, Warehouse, check_symbol
-from .errors import ReportError
+from .errors import PtraderError, ReportError, WarehouseBusyError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FORECAST_WINDOW', 'FORECAST_H', 'ValidationParams', 'check_params', 'section_minimums', 'resolve_dates',
-           'prepare_warehouse', 'decimate', 'log_ticks', 'ReportRun', 'compress_plotly', 'render_html',
-           'template_parameters', 'report_name', 'run_report', 'write_index']
+__all__ = ['log', 'FORECAST_WINDOW', 'FORECAST_H', 'TEMPLATES_ENV', 'RUNS_FILE', 'DEFAULT_KEEP', 'KEEP_ENV', 'LOCK_TIMEOUT',
+           'RUN_COLUMNS', 'DEFAULT_GRACE', 'EXIT_OK', 'EXIT_FAILED', 'EXIT_BAD_INPUT', 'EXIT_BUSY', 'ValidationParams',
+           'check_params', 'section_minimums', 'resolve_dates', 'prepare_warehouse', 'decimate', 'log_ticks',
+           'ReportRun', 'compress_plotly', 'render_html', 'template_parameters', 'report_name', 'template_dirs',
+           'list_templates', 'find_template', 'template_model', 'parse_value', 'one_line', 'parse_params', 'runs_path',
+           'keep_runs', 'run_table', 'record_run', 'apply_retention', 'runs', 'write_index', 'provenance', 'run_report',
+           'cron_trigger', 'catch_up', 'add_schedule', 'schedules', 'remove_schedule', 'ptrader_executable',
+           'param_args', 'crontab_lines', 'prepare_run', 'ReportScheduler', 'cli_main', 'scheduler_main']
 
 # %% ../nbs/09_reports.ipynb #b1a6870a
 class ValidationParams(BaseModel):
@@ -267,6 +283,383 @@ def report_name(template: str, # template name
     label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
     return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
 
+# %% ../nbs/09_reports.ipynb #65c8836a
+TEMPLATES_ENV = "PTRADER_TEMPLATES"  # extra template folders, separated by os.pathsep, searched after nbs/reports
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+def template_dirs() -> list[Path]:
+    "The folders of `$PTRADER_TEMPLATES` (separated by `os.pathsep`), searched after `nbs/reports`."
+    return [Path(p).expanduser() for p in os.environ.get(TEMPLATES_ENV, "").split(os.pathsep) if p.strip()]
+
+def list_templates() -> dict[str, Path]:
+    "Every template by name: those of `nbs/reports` (or the installed copies), then those of `template_dirs()`."
+    found: dict[str, Path] = {}
+    with contextlib.suppress(FileNotFoundError): 
+        for p in sorted(template_path("validation").parent.glob("*.ipynb")): found.setdefault(p.stem, p)
+    for d in template_dirs():
+        for p in sorted(d.glob("*.ipynb")): found.setdefault(p.stem, p)
+    return found
+
+def find_template(name: str) -> Path:
+    """Path of the template `name` (with or without `.ipynb`): `ptrader.config.template_path` (`nbs/reports`, the
+    installed copy), then the folders of `$PTRADER_TEMPLATES`. Raises `ValueError` for a name that is not a plain
+    file stem (no `/`, no `..`) and `FileNotFoundError` naming every place searched and the known templates."""
+    name = str(name).removesuffix(".ipynb")
+    if not _TEMPLATE_NAME.match(name) or ".." in name:
+        raise ValueError(f"template name {name!r}: 1-100 of A-Z a-z 0-9 _ . - (a file stem in nbs/reports), no '..'")
+    try: return template_path(name)
+    except FileNotFoundError as e: missing = str(e)
+    for d in template_dirs():
+        if (d / f"{name}.ipynb").is_file(): return d / f"{name}.ipynb"
+    raise FileNotFoundError(f"{missing}; ${TEMPLATES_ENV}: {', '.join(map(str, template_dirs())) or 'not set'}; "
+                            f"known templates: {', '.join(list_templates()) or 'none'}")
+
+# %% ../nbs/09_reports.ipynb #49a3f46e
+_LITERAL_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict, tuple: list}
+
+def _cell_defaults(path: Path) -> dict[str, tuple[typing.Any, typing.Any]]:
+    "Name -> (type, default) of each assignment in the template's parameters cell (see `template_model`)."
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    out: dict[str, tuple] = {}
+    for node in ast.parse(cell.source).body if cell is not None else []:
+        if isinstance(node, ast.Assign): targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None: targets, value = [node.target], node.value
+        else: continue
+        try: default = ast.literal_eval(value); kind = _LITERAL_TYPES.get(type(default), typing.Any)
+        except (ValueError, SyntaxError, TypeError): default, kind = None, typing.Any  # an expression: any value
+        if default is None: kind = typing.Any
+        if isinstance(default, tuple): default = list(default)
+        for t in targets:
+            if isinstance(t, ast.Name): out[t.id] = (kind, default)
+    return out
+
+def template_model(name: str) -> type[BaseModel]:
+    """The pydantic model that checks template `name`'s parameters before a run.
+
+    `validation` and `compliance` have their own models (`ValidationParams`, `ptrader.compliance.ComplianceParams`).
+    Any other template gets one inferred from its parameters cell (Papermill's cell tagged `parameters`): each
+    `x = <literal>` declares `x` with the literal's type (bool, int, float, str, list, dict) and default; an int is
+    accepted for a float, nothing else is converted (strict: "3" is not an int, 1 is not a bool); `x = None` or an
+    expression declares `x` of any type. Unknown names are refused (`extra="forbid"`).
+    Raises `FileNotFoundError` / `ValueError` from `find_template`."""
+    if name == "validation": return ValidationParams
+    if name == "compliance":
+        from ptrader.compliance import ComplianceParams
+        return ComplianceParams
+    fields = {k: (kind, Field(default=d) if not isinstance(d, (list, dict)) else Field(default_factory=lambda d=d: type(d)(d)))
+              for k, (kind, d) in _cell_defaults(find_template(name)).items()}
+    model = create_model(f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_params", __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False), **fields)
+    model.__doc__ = f"Parameters of the report template {name!r}, inferred from its parameters cell."
+    return model
+
+def _accepts(annotation, kind) -> bool:
+    "Whether a field's annotation admits `kind` (str, list, NoneType), alone or in a union."
+    if annotation is kind or typing.get_origin(annotation) is kind: return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts(a, kind) for a in typing.get_args(annotation))
+    return False
+
+def parse_value(text: str, # the text after `key=` on the command line
+                annotation, # the field's type
+               ):
+    """The value of `-p key=TEXT` for a field of type `annotation`, before pydantic checks it: `null` / `None` is
+    None where the field admits None; a field that admits str takes TEXT as it is; a list field takes a JSON list
+    (`["SP500","WTI"]`) or comma-separated items (`SP500,WTI`, each item read as below); anything else is read as
+    JSON (`3`, `1.5`, `true`, `{"a": 1}`), then as a Python literal (`True`), else left as text for pydantic
+    to refuse by name."""
+    def literal(s):
+        for read in (json.loads, ast.literal_eval):
+            try: return read(s)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): pass
+        return s
+    if text.strip() in ("null", "None") and (annotation is typing.Any or _accepts(annotation, type(None))): return None
+    if annotation is not typing.Any and _accepts(annotation, str): return text
+    if _accepts(annotation, list) and not text.lstrip().startswith("["):
+        return [literal(s.strip()) for s in text.split(",") if s.strip()]
+    return literal(text)
+
+def one_line(e: ValidationError) -> str:
+    "A pydantic `ValidationError` as one line naming each parameter: `parameter 'seed': Input should be ... (got 'x')`."
+    parts = []
+    for err in e.errors():
+        where = f"parameter {'.'.join(map(str, err['loc']))!r}" if err["loc"] else "parameters"
+        got = f" (got {err['input']!r})" if err["loc"] and not isinstance(err.get("input"), dict) else ""
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(parts)
+
+def parse_params(template: str, # template name (see `find_template`)
+                 pairs: list[str] = (), # `key=value` texts, as given to `-p`
+                ) -> BaseModel:
+    """`template`'s parameters from `-p key=value` pairs, checked by `template_model(template)` before any run.
+    Raises `ValueError` with one line naming the parameter: `key=value` malformed or repeated, a name the template
+    does not declare (listing those it does), or a value of the wrong type or out of range."""
+    model = template_model(template)
+    fields = model.model_fields
+    values: dict[str, typing.Any] = {}
+    for item in pairs:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key: raise ValueError(f"-p {item!r}: expected KEY=VALUE")
+        if key not in fields:
+            raise ValueError(f"unknown parameter {key!r} for template {template!r}; its parameters: {', '.join(fields)}")
+        if key in values: raise ValueError(f"parameter {key!r} given twice")
+        values[key] = parse_value(text, fields[key].annotation)
+    try: return model(**values)
+    except ValidationError as e: raise ValueError(f"template {template!r}: {one_line(e)}") from None
+
+# %% ../nbs/09_reports.ipynb #50a2565c
+RUNS_FILE = "runs.duckdb"  # the run table's file, inside the reports folder
+DEFAULT_KEEP = 20  # runs kept per template (`keep_runs`)
+KEEP_ENV = "PTRADER_REPORTS_KEEP"
+LOCK_TIMEOUT = 60.0  # seconds a reader or writer of the run table waits for another process holding it
+
+_RUNS_SQL = """
+CREATE TABLE IF NOT EXISTS runs (
+    name VARCHAR PRIMARY KEY, template VARCHAR NOT NULL, started_utc TIMESTAMP NOT NULL, seconds DOUBLE,
+    status VARCHAR NOT NULL, error VARCHAR, parameters VARCHAR, versions VARCHAR, provenance VARCHAR,
+    ipynb VARCHAR, html VARCHAR, record VARCHAR, result VARCHAR, trigger VARCHAR);
+CREATE SEQUENCE IF NOT EXISTS schedule_ids START 1;
+CREATE TABLE IF NOT EXISTS schedules (
+    id BIGINT PRIMARY KEY, template VARCHAR NOT NULL, cron VARCHAR NOT NULL, tz VARCHAR, parameters VARCHAR NOT NULL,
+    db_path VARCHAR, created_utc TIMESTAMP NOT NULL, last_fire_utc TIMESTAMP);
+"""
+RUN_COLUMNS = ("name", "template", "started_utc", "seconds", "status", "error", "parameters", "versions", "provenance",
+               "ipynb", "html", "record", "result", "trigger")
+_JSON_COLUMNS = ("parameters", "versions", "provenance")
+_TABLE_LOCK = threading.RLock()  # one connection at a time inside a process (the scheduler's worker threads)
+
+def runs_path(out_dir: Path | str | None = None) -> Path:
+    "The run table's DuckDB file: `<reports folder>/runs.duckdb` (its own file, never the warehouse or its lock)."
+    return (Path(out_dir) if out_dir is not None else _reports_dir()) / RUNS_FILE
+
+def keep_runs(keep: int | None = None) -> int:
+    "Runs kept per template: `keep`, else `$PTRADER_REPORTS_KEEP`, else 20. Raises `ValueError` below 1."
+    k = keep if keep is not None else os.environ.get(KEEP_ENV) or DEFAULT_KEEP
+    try: k = int(k)
+    except (TypeError, ValueError): raise ValueError(f"keep / ${KEEP_ENV}: not a whole number: {k!r}") from None
+    if k < 1: raise ValueError(f"keep / ${KEEP_ENV}: must be >= 1 (the newest run is always kept), got {k}")
+    return k
+
+def _busy(e: BaseException) -> bool:
+    "Whether a DuckDB error is another process holding the file's lock."
+    s = str(e).lower()
+    return "could not set lock" in s or "conflicting lock" in s
+
+@contextlib.contextmanager
+def run_table(out_dir: Path | str | None = None, *, timeout: float = LOCK_TIMEOUT):
+    """A connection to the run table of `out_dir` inside one transaction: committed when the block ends cleanly,
+    rolled back on an exception, so a crash leaves all of a write or none of it. DuckDB lets one process at a
+    time open the file; another one holding it (the scheduler's run beside a manual run) is waited for, retrying
+    with backoff from 20 ms to 0.5 s, for up to `timeout` seconds, then `ReportError`. Threads of one process take
+    turns (a lock). The first use creates the file and imports the JSON records of runs made before it existed."""
+    path = runs_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, delay = time.monotonic() + timeout, 0.02
+    with _TABLE_LOCK:
+        fresh = not path.exists()
+        while True:
+            try: con = duckdb.connect(str(path)); break
+            except duckdb.Error as e:
+                if not _busy(e): raise ReportError(f"run table {path}: {str(e).strip().splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    raise ReportError(f"run table {path} is held by another process; gave up after {timeout:g} s") from None
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0))); delay = min(2 * delay, 0.5)
+        try:
+            con.execute(_RUNS_SQL)
+            con.execute("BEGIN TRANSACTION")
+            if fresh: _import_records(con, path.parent)
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception): con.execute("ROLLBACK")
+            raise
+        finally: con.close()
+
+def _utc(t) -> dt.datetime:
+    "A time as a naive UTC datetime (how the table stores it)."
+    t = pd.Timestamp(t)
+    return (t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t).to_pydatetime()
+
+def _row(rec: dict) -> list:
+    j = lambda v: json.dumps(v if v is not None else {}, default=str, sort_keys=True)
+    return [rec["name"], rec.get("template") or "?", _utc(rec.get("started_utc") or dt.datetime.now(dt.timezone.utc)),
+            rec.get("seconds"), rec.get("status") or "failed", rec.get("error"), j(rec.get("parameters")), j(rec.get("versions")),
+            j(rec.get("provenance")), rec.get("ipynb"), rec.get("html"), rec.get("record") or f"{rec['name']}.json",
+            rec.get("result"), rec.get("trigger") or "manual"]
+
+def _import_records(con, out: Path) -> None:
+    "Runs recorded only as `<name>.json` (before the run table existed) become rows."
+    for f in sorted(out.glob("*.json")):
+        try: r = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError): continue
+        if isinstance(r, dict) and "name" in r and "parameters" in r and f.name == f"{r['name']}.json":
+            con.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(r))
+
+# %% ../nbs/09_reports.ipynb #ea96c2a5
+_PRUNE_SQL = """
+SELECT name, ipynb, html, record, result FROM (
+    SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
+              row_number() OVER (PARTITION BY status = 'ok' ORDER BY started_utc DESC, name DESC) AS newest_of_status
+    FROM runs WHERE template = ?)
+WHERE newest > ? AND NOT (status <> 'ok' AND newest_of_status = 1)"""
+
+def _prune(con, template: str, keep: int) -> list[tuple]:
+    "Rows of `template` beyond the newest `keep`, except its newest failure: deleted here, returned with their files."
+    victims = con.execute(_PRUNE_SQL, [template, keep]).fetchall()
+    if victims: con.execute("DELETE FROM runs WHERE list_contains(?, name)", [[v[0] for v in victims]])
+    return victims
+
+def _remove_files(out: Path, victims: list[tuple]) -> None:
+    for v in victims:
+        for f in v[1:]:
+            if f and Path(f).name == f:  # a bare file name inside the reports folder, nothing else
+                try: (out / f).unlink(missing_ok=True)
+                except OSError as e: log.warning("retention: could not delete %s: %s", out / f, e)
+
+def record_run(rec: dict, # a run's record, as `run_report` writes it to `<name>.json`
+               out_dir: Path | str | None = None, # the reports folder (default `reports_dir()`)
+               *, keep: int | None = None, # runs kept per template (default `keep_runs()`)
+               index: bool = True, # rebuild index.html afterwards
+              ) -> list[str]:
+    """Insert (or replace) the run `rec` in the run table and, in the same transaction, apply the retention policy
+    to its template: keep the newest `keep` runs and, whatever its age, the newest failed one. Then delete the
+    pruned runs' files (`.ipynb`, `.html`, `.json`, `.result.json`) and rebuild `index.html`. Returns the names
+    pruned. Raises `ValueError` for a bad `keep`, `ReportError` when the table stays locked (see `run_table`)."""
+    out = Path(out_dir) if out_dir is not None else _reports_dir()
+    keep = keep_runs(keep)
+    with run_table(out) as con:
+        con.execute(f"INSERT OR REPLACE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(rec))
+        victims = _prune(con, rec.get("template") or "?", keep)
+    _remove_files(out, victims)
+    if victims: log.info("retention (keep %d per template): removed %s", keep, ", ".join(v[0] for v in victims))
+    if index: write_index(out)
+    return [v[0] for v in victims]
+
+def apply_retention(out_dir: Path | str | None = None, keep: int | None = None) -> list[str]:
+    "The retention policy of `record_run` applied to every template of the run table; returns the names pruned."
+    out = Path(out_dir) if out_dir is not None else _reports_dir()
+    keep = keep_runs(keep)
+    with run_table(out) as con:
+        victims = [v for (t,) in con.execute("SELECT DISTINCT template FROM runs").fetchall() for v in _prune(con, t, keep)]
+    _remove_files(out, victims)
+    write_index(out)
+    return [v[0] for v in victims]
+
+def runs(out_dir: Path | str | None = None, # the reports folder (default `reports_dir()`)
+         *, template: str | None = None, status: str | None = None, # filters
+         limit: int | None = None, # newest rows only
+        ) -> pd.DataFrame:
+    """The run table, newest first: one row per run with `RUN_COLUMNS` (`started_utc` naive UTC; `parameters`,
+    `versions`, `provenance` as dicts; file columns are names inside the reports folder). Empty, and nothing
+    created, when no run was recorded there."""
+    if not runs_path(out_dir).exists(): return pd.DataFrame(columns=list(RUN_COLUMNS))
+    sql, args = "SELECT * FROM runs WHERE 1=1", []
+    if template is not None: sql += " AND template = ?"; args.append(template)
+    if status is not None: sql += " AND status = ?"; args.append(status)
+    sql += " ORDER BY started_utc DESC, name DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+    with run_table(out_dir) as con: df = con.execute(sql, args).df()
+    for c in _JSON_COLUMNS: df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
+    return df
+
+# %% ../nbs/09_reports.ipynb #5d406ff2
+_FILTER_JS = """<script>
+(function () {  // show only the rows of the chosen template and status (ptrader.reports.write_index)
+  var t = document.getElementById("f-template"), s = document.getElementById("f-status"), n = document.getElementById("shown");
+  function apply() {
+    var rows = document.querySelectorAll("tr.run"), k = 0;
+    rows.forEach(function (r) {
+      var on = (!t.value || r.dataset.template === t.value) && (!s.value || r.dataset.status === s.value);
+      r.style.display = on ? "" : "none"; if (on) k++;
+    });
+    n.textContent = k + " shown";
+  }
+  t.addEventListener("change", apply); s.addEventListener("change", apply); apply();
+})();
+</script>"""
+
+def _provenance_text(p: dict) -> str:
+    ing = p.get("ingests") or {}
+    parts = [f"{s}: {', '.join(ids) or 'no ingest'}" for s, ids in ing.items()]
+    if p.get("audit_trail", {}).get("head"): parts.append(f"audit head {p['audit_trail']['head'][:20]}")
+    if p.get("warehouse_error"): parts.append(p["warehouse_error"])
+    return "; ".join(parts)
+
+def write_index(out_dir: Path | str | None = None) -> Path:
+    """Rebuild `<out_dir>/index.html` from the run table (`runs`), newest first: time, template, trigger,
+    parameters, status (with the failing cell), seconds, the data's ingest ids, and links to the files that exist.
+    Two menus filter the rows by template and by status (a few lines of inline JavaScript; without it every row
+    shows). The page is written to a temporary file and renamed over the old one, so a reader never sees half."""
+    out = Path(out_dir) if out_dir is not None else _reports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if not runs_path(out).exists() and any(out.glob("*.json")):
+        with run_table(out): pass  # runs recorded before the table existed: imported from their JSON records
+    df = runs(out)
+    rows = []
+    for r in df.itertuples(index=False):
+        p = {k: v for k, v in r.parameters.items() if k != "db_path"}
+        ptxt = ", ".join(f"{k}={v}" for k, v in p.items())
+        status = "ok" if r.status == "ok" else "failed"
+        err = f"<br><small>{html.escape(r.error)}</small>" if isinstance(r.error, str) and r.error else ""
+        links = " · ".join(f"<a href='{html.escape(f)}'>{label}</a>" for f, label in ((r.html, "report"), (r.ipynb, "notebook"))
+                           if isinstance(f, str) and (out / f).is_file()) or "no output"
+        when = pd.Timestamp(r.started_utc).isoformat(timespec="seconds") + "+00:00"
+        rows.append(f"<tr class='run {status}' data-template='{html.escape(r.template)}' data-status='{status}'>"
+                    f"<td>{html.escape(when)}</td><td>{html.escape(r.template)}</td><td>{html.escape(str(r.trigger))}</td>"
+                    f"<td><small>{html.escape(ptxt)}</small></td><td>{status}{err}</td><td>{'' if pd.isna(r.seconds) else r.seconds}</td>"
+                    f"<td><small>{html.escape(_provenance_text(r.provenance))}</small></td><td>{links}</td></tr>")
+    opts = lambda values: "<option value=''>all</option>" + "".join(f"<option>{html.escape(v)}</option>" for v in values)
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ptrader reports</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
+            "tr.failed td{background:#fdd}</style></head><body><h1>ptrader reports</h1>"
+            f"<p>{len(df)} run(s), newest first (<span id='shown'>{len(df)} shown</span>). "
+            f"<label>template <select id='f-template'>{opts(sorted(set(df.template)))}</select></label> "
+            f"<label>status <select id='f-status'>{opts(['ok', 'failed'])}</select></label></p>"
+            "<table><tr><th>started (UTC)</th><th>template</th><th>trigger</th><th>parameters</th>"
+            "<th>status</th><th>seconds</th><th>data (ingest ids)</th><th>files</th></tr>" + "".join(rows) + "</table>"
+            + _FILTER_JS + "</body></html>")
+    idx = out / "index.html"
+    tmp = out / f".index.html.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, idx)
+    return idx
+
+# %% ../nbs/09_reports.ipynb #25b1b381
+def provenance(params: dict, # the parameters the run is given (after the runner filled in db_path, audit_db, ...)
+               declared: set[str], # the names the template's parameters cell declares (`template_parameters`)
+               db_path: Path | str | None = None, # the warehouse (default `warehouse_path()`)
+              ) -> dict:
+    """The data a run reads, for its record: `{"warehouse": path, "ingests": {SYMBOL: [ingest_id, ...]}}`, the ids of
+    the warehouse ingests (`Warehouse.ingests()`, newest first) that wrote each symbol of the run's `symbols`
+    parameter (and of `agent_symbols` when the template declares it and `agent` is not "none"), and, when the
+    template reads an audit trail (`audit_db`), `{"audit_trail": {"path", "head"}}` with the trail's head digest
+    (`AuditTrail.digest()`, SEQ:HASH) before the run. Read-only; a problem is recorded (`warehouse_error`,
+    `audit_trail.error`), never raised: provenance must not stop a report."""
+    from ptrader.audit import AuditTrail
+    out: dict = {}
+    syms: list[str] = []
+    for key in ("symbols", "agent_symbols"):
+        if key not in declared or (key == "agent_symbols" and params.get("agent") == "none"): continue
+        v = params.get(key)
+        for s in ([v] if isinstance(v, str) else v if isinstance(v, (list, tuple)) else []):
+            with contextlib.suppress(Exception):
+                s = check_symbol(s)
+                if s not in syms: syms.append(s)
+    if syms:
+        db = Path(db_path) if db_path is not None else warehouse_path()
+        try:
+            with Warehouse(db, read_only=True) as wh: ing = wh.ingests()
+            out["warehouse"] = str(db)
+            out["ingests"] = {s: [str(i) for i in ing.loc[ing["symbol"] == s, "ingest_id"]] for s in syms}
+        except Exception as e: out["warehouse_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    trail = params.get("audit_db")
+    if "audit_db" in declared and trail and Path(trail).is_file():
+        try: out["audit_trail"] = {"path": str(trail), "head": AuditTrail(trail).digest()}
+        except Exception as e: out["audit_trail"] = {"path": str(trail), "error": f"{type(e).__name__}: {e}"}
+    return out
+
+# %% ../nbs/09_reports.ipynb #b9c4b53b
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
                params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
@@ -277,6 +670,8 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
                name: str | None = None, # file stem (default `report_name(template, params, now)`)
                extra: dict | None = None, # more parameters for the template (e.g. a link to a companion report)
                audit: bool = True, # record the run in the audit trail (`ptrader.audit.audit_path(db_path)`)
+               trigger: str = "manual", # what started it, for the run table: "manual", "schedule:<id>"
+               keep: int | None = None, # runs kept per template by the retention policy (default `keep_runs()`)
               ) -> ReportRun:
     """Execute `template` with `params` and write `<out_dir>/<name>.ipynb`, `.html` and `.json`, then rebuild
     `index.html`. `start` / `end` of `ValidationParams` left None are resolved to the symbols' first / last bar
@@ -289,6 +684,11 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     recorded as the run's `result`). With `audit`, the run's JSON record is appended to the audit trail as a
     `report_run` event (a failure to write it is logged and recorded, never hidden).
 
+    Every run, ok or failed, becomes a row of the run table (`record_run`: template, parameters, status, duration,
+    package versions, the data's ingest ids from `provenance`, output files, the failing cell) under the retention
+    policy, and `index.html` is rebuilt from that table. Templates are found by `find_template` (`nbs/reports`,
+    then `$PTRADER_TEMPLATES`).
+
     Raises `ValueError` for a template other than validation without `params`, and `ReportError` naming the
     failing cell when the notebook fails (the files are still written)."""
     import papermill as pm
@@ -296,6 +696,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     if params is None:
         if template != "validation": raise ValueError(f"run_report: template {template!r} needs its parameters")
         params = ValidationParams()
+    keep = keep_runs(keep)  # a bad value is refused before the run
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     out.mkdir(parents=True, exist_ok=True)
     db = Path(db_path) if db_path is not None else warehouse_path()
@@ -306,11 +707,12 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     name = name or report_name(template, params, started)
     ipynb, html_path, record = out / f"{name}.ipynb", out / f"{name}.html", out / f"{name}.json"
     result = out / f"{name}.result.json"
-    source = template_path(template)
+    source = find_template(template)
     declared = template_parameters(source)
     injected = {**params.model_dump(mode="json"), **(extra or {})}
     for k, v in {"db_path": str(db.resolve()), "audit_db": str(trail), "run_id": name, "report_json": str(result)}.items():
         if k in declared and injected.get(k) is None: injected[k] = v
+    prov = provenance(injected, declared, db)  # the data as the run finds it
     t0 = time.perf_counter(); status, error = "ok", None
     try:
         pm.execute_notebook(str(source), str(ipynb), parameters=injected, kernel_name=kernel_name,
@@ -326,7 +728,8 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
         rec = {"name": name, "template": template, "started_utc": started.isoformat(timespec="seconds"),
                "seconds": round(seconds, 2), "status": status if ipynb.exists() else "failed", "error": error,
                "parameters": injected, "html": html_path.name, "ipynb": ipynb.name,
-               "result": result.name if result.is_file() else None, "versions": _versions()}
+               "result": result.name if result.is_file() else None, "versions": _versions(),
+               "trigger": trigger, "provenance": prov}
         if audit:
             try:
                 AuditTrail(trail).record_many(report_entries(rec)); rec["audit_db"] = str(trail)
@@ -334,7 +737,8 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
                 log.warning("could not record report %s in the audit trail %s: %s", name, trail, e)
                 rec["audit_error"] = f"{type(e).__name__}: {e}"
         record.write_text(json.dumps(rec, indent=2))
-        write_index(out)
+        try: record_run(rec, out, keep=keep)  # the run table, retention, index.html
+        except (ReportError, ValueError) as e: log.error("report %s: not recorded in the run table %s: %s", name, runs_path(out), e)
     run = ReportRun(name, ipynb, html_path, record, status, seconds, error, result if result.is_file() else None)
     if status != "ok":
         where = f"; see {html_path}" if html_path.exists() else ""
@@ -342,32 +746,438 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     log.info("report written: %s (%.1f s)", html_path, seconds)
     return run
 
-# %% ../nbs/09_reports.ipynb #3e061a14
-def write_index(out_dir: Path | str | None = None) -> Path:
-    "Rebuild `<out_dir>/index.html` listing every run recorded there (time, parameters, status, link)."
-    out = Path(out_dir) if out_dir is not None else _reports_dir()
-    recs = []
-    for f in out.glob("*.json"):
-        try: r = json.loads(f.read_text())
-        except (json.JSONDecodeError, OSError): continue
-        if isinstance(r, dict) and "name" in r and "parameters" in r: recs.append(r)
-    recs.sort(key=lambda r: r.get("started_utc", ""), reverse=True)
-    rows = []
-    for r in recs:
-        p = {k: v for k, v in r["parameters"].items() if k != "db_path"}
-        ptxt = ", ".join(f"{k}={v}" for k, v in p.items())
-        cls = "ok" if r.get("status") == "ok" else "failed"
-        err = f"<br><small>{html.escape(r['error'])}</small>" if r.get("error") else ""
-        links = " · ".join(f"<a href='{html.escape(r[k])}'>{label}</a>" for k, label in (("html", "report"), ("ipynb", "notebook"))
-                           if (out / r.get(k, "")).is_file()) or "no output"
-        rows.append(f"<tr class='{cls}'><td>{html.escape(r.get('started_utc', ''))}</td><td>{html.escape(r.get('template', ''))}</td>"
-                    f"<td><small>{html.escape(ptxt)}</small></td><td>{html.escape(cls)}{err}</td>"
-                    f"<td>{r.get('seconds', '')}</td><td>{links}</td></tr>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>ptrader reports</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-            "tr.failed td{background:#fdd}</style></head><body><h1>ptrader reports</h1>"
-            f"<p>{len(recs)} run(s), newest first.</p><table><tr><th>started (UTC)</th><th>template</th><th>parameters</th>"
-            "<th>status</th><th>seconds</th><th>files</th></tr>" + "".join(rows) + "</table></body></html>")
-    idx = out / "index.html"
-    idx.write_text(page, encoding="utf-8")
-    return idx
+# %% ../nbs/09_reports.ipynb #a03e0fbb
+_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+def _cron_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday, 1 = Monday, names sun..sat, `*`, ranges, lists, steps) as
+    APScheduler 3 names (`mon,tue,...`). APScheduler 3 numbers days from Monday = 0, so a crontab `1-5` passed
+    through as it is would mean Tuesday to Saturday; names mean the same to both."""
+    if field == "*": return "*"
+    num = lambda t: _DOW_NAMES.index(t.lower()[:3]) if t.lower()[:3] in _DOW_NAMES else int(t)
+    days: set[int] = set()
+    for item in field.split(","):
+        rng, _, step = item.partition("/")
+        try:
+            step = int(step) if step else 1
+            lo, hi = (0, 7) if rng == "*" else (num(rng.split("-")[0]), num(rng.split("-")[1])) if "-" in rng else (num(rng), 7 if step > 1 else num(rng))
+        except (ValueError, IndexError): raise ValueError(f"day of week {field!r}: not a crontab weekday field") from None
+        if not (0 <= lo <= hi <= 7 and step >= 1): raise ValueError(f"day of week {field!r}: days run 0-7 (0 and 7 are Sunday)")
+        days |= {d % 7 for d in range(lo, hi + 1, step)}
+    return ",".join(_DOW_NAMES[d] for d in sorted(days, key=lambda d: (d + 6) % 7))  # mon first, as APScheduler likes
+
+def cron_trigger(expr: str, # crontab expression: "minute hour day month weekday", or six fields with seconds first
+                 tz: str = "UTC", # time zone the expression is read in
+                ):
+    """The APScheduler 3 `CronTrigger` of a crontab expression, read as cron reads it.
+
+    Five fields go through `CronTrigger.from_crontab` with the weekday field rewritten as names (`_cron_weekdays`:
+    APScheduler 3 counts Monday as 0, cron counts Sunday). Six fields put a seconds field first (`*/10 * * * * *`:
+    every 10 s), for sub-minute jobs and tests; cron itself cannot express them. A restricted day of month and
+    day of week together is refused: cron fires when either matches, APScheduler when both do.
+    Raises `ValueError` naming the expression."""
+    from apscheduler.triggers.cron import CronTrigger
+    fields = str(expr).split()
+    if len(fields) not in (5, 6): raise ValueError(f"cron {expr!r}: expected 5 fields (minute hour day month weekday) or 6 (seconds first)")
+    sec, (minute, hour, day, month, dow) = (fields[0] if len(fields) == 6 else None), fields[-5:]
+    if day != "*" and dow != "*":
+        raise ValueError(f"cron {expr!r}: give a day of month or a day of week, not both (cron ORs them, APScheduler ANDs them)")
+    try:
+        dow = _cron_weekdays(dow)
+        if sec is None: return CronTrigger.from_crontab(f"{minute} {hour} {day} {month} {dow}", timezone=tz)
+        return CronTrigger(second=sec, minute=minute, hour=hour, day=day, month=month, day_of_week=dow, timezone=tz)
+    except ValueError as e: raise ValueError(f"cron {expr!r}: {e}") from None
+    except Exception as e: raise ValueError(f"cron {expr!r} / time zone {tz!r}: {type(e).__name__}: {e}") from None
+
+DEFAULT_GRACE = 12 * 3600.0  # seconds: a fire missed by more than this is not caught up
+
+def catch_up(expr: str, # the schedule's cron expression
+             since, # the last fire the scheduler started (or the schedule's creation), an aware datetime
+             now, # the present, an aware datetime
+             *, tz: str = "UTC", grace: float = DEFAULT_GRACE, # seconds
+            ) -> dt.datetime | None:
+    """The missed-run rule: the newest fire time of `expr` in `(since, now]` when it is at most `grace` seconds
+    old; the scheduler then runs the report once, at start, however many fires were missed (coalesced). None
+    when no fire was missed, or when every missed fire is older than `grace` (skipped: the next regular fire runs)."""
+    trig = cron_trigger(expr, tz)
+    start = max(since, now - dt.timedelta(seconds=grace))
+    t, newest = trig.get_next_fire_time(None, start + dt.timedelta(microseconds=1)), None
+    while t is not None and t <= now:
+        newest = t
+        t = trig.get_next_fire_time(None, t + dt.timedelta(microseconds=1))
+    return newest
+
+# %% ../nbs/09_reports.ipynb #46723cda
+def add_schedule(template: str, # template name (see `find_template`)
+                 cron: str, # crontab expression (see `cron_trigger`)
+                 params: BaseModel | None = None, # validated parameters (`parse_params`); None: the template's defaults
+                 *, tz: str | None = None, # time zone of `cron`; None: the scheduler's (`--tz`, UTC by default)
+                 db_path: Path | str | None = None, # warehouse; None: `warehouse_path()` when the run fires
+                 out_dir: Path | str | None = None, # reports folder holding the schedule (default `reports_dir()`)
+                ) -> int:
+    """Store a schedule in the run table's file and return its id. Only the parameters given are stored (the
+    others keep the template's defaults when it fires, so a validation report without `end` covers the newest
+    bars). Raises `ValueError` for a bad cron expression or time zone, `FileNotFoundError` for an unknown template."""
+    find_template(template)
+    cron_trigger(cron, tz or "UTC")
+    given = params.model_dump(mode="json", exclude_unset=True) if params is not None else {}
+    with run_table(out_dir) as con:
+        sid = con.execute("SELECT nextval('schedule_ids')").fetchone()[0]
+        con.execute("INSERT INTO schedules VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                    [sid, template, " ".join(cron.split()), tz, json.dumps(given, sort_keys=True),
+                     str(Path(db_path).expanduser().resolve()) if db_path is not None else None, _utc(dt.datetime.now(dt.timezone.utc))])
+    return int(sid)
+
+def schedules(out_dir: Path | str | None = None) -> pd.DataFrame:
+    """The stored schedules by id: template, cron, tz (None: the scheduler's), parameters (a dict), db_path,
+    created_utc and last_fire_utc (naive UTC; the last time the scheduler started a run of it, or NaT)."""
+    cols = ["id", "template", "cron", "tz", "parameters", "db_path", "created_utc", "last_fire_utc"]
+    if not runs_path(out_dir).exists(): return pd.DataFrame(columns=cols)
+    with run_table(out_dir) as con: df = con.execute(f"SELECT {', '.join(cols)} FROM schedules ORDER BY id").df()
+    df["parameters"] = [json.loads(v) for v in df["parameters"]]
+    for c in ("tz", "db_path"): df[c] = pd.Series([v if isinstance(v, str) else None for v in df[c]], index=df.index, dtype=object)
+    return df
+
+def remove_schedule(sid: int, out_dir: Path | str | None = None) -> bool:
+    "Delete schedule `sid`; returns whether it existed. Its past runs stay in the run table."
+    if not runs_path(out_dir).exists(): return False
+    with run_table(out_dir) as con:
+        n = con.execute("SELECT count(*) FROM schedules WHERE id = ?", [int(sid)]).fetchone()[0]
+        con.execute("DELETE FROM schedules WHERE id = ?", [int(sid)])
+    return bool(n)
+
+def ptrader_executable() -> str:
+    """Absolute path of the `ptrader` console script of the running Python (its `bin/` folder), else the first on
+    `$PATH`. Raises `ReportError` when there is none (install the package: `pip install -e .`)."""
+    here = Path(sys.executable).absolute().parent / "ptrader"
+    if here.is_file() and os.access(here, os.X_OK): return str(here)
+    found = shutil.which("ptrader")
+    if found: return str(Path(found).absolute())
+    raise ReportError("no `ptrader` executable beside the running Python or on $PATH; install the package (pip install -e .)")
+
+def param_args(params: dict) -> list[str]:
+    "`-p key=value` arguments that `parse_params` reads back as `params` (text as is, anything else as JSON)."
+    out = []
+    for k, v in params.items(): out += ["-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+    return out
+
+def crontab_lines(out_dir: Path | str | None = None, # the reports folder holding the schedules
+                  *, tz: str = "UTC", # time zone of schedules stored without one (the scheduler's default)
+                  executable: str | None = None, # default `ptrader_executable()`
+                 ) -> list[str]:
+    """Crontab lines equivalent to the stored schedules, for users who prefer cron to `ptrader scheduler run`:
+    one `CRON_TZ=` line per change of time zone (cronie and systemd-cron honour it; elsewhere cron uses the
+    system's zone), then `<cron> <ptrader> report run NAME -p ... --db WAREHOUSE --out REPORTS --quiet`, with
+    absolute paths, shell quoting and cron's `%` escaped. Cron runs each line whether or not an earlier run was
+    missed (no catch-up) and mails its output; a failed run exits 1. A six-field (seconds) schedule becomes a
+    comment: cron cannot express it."""
+    out = (Path(out_dir) if out_dir is not None else _reports_dir()).absolute()
+    exe = executable or ptrader_executable()
+    lines = [f"# ptrader report schedules of {out}, written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC by `ptrader report schedule --print-crontab`"]
+    zone = None
+    for s in schedules(out).itertuples(index=False):
+        z = s.tz if isinstance(s.tz, str) else tz
+        if len(s.cron.split()) == 6:
+            lines.append(f"# schedule {s.id} ({s.template}, '{s.cron}' {z}) has a seconds field: only `ptrader scheduler run` can run it"); continue
+        if z != zone: lines.append(f"CRON_TZ={z}"); zone = z
+        db = s.db_path if isinstance(s.db_path, str) else str(warehouse_path())
+        args = [exe, "report", "run", s.template, *param_args(s.parameters), "--db", db, "--out", str(out), "--quiet"]
+        lines.append(f"{s.cron} " + " ".join(shlex.quote(a) for a in args).replace("%", "\\%") + f"  # schedule {s.id}")
+    return lines
+
+# %% ../nbs/09_reports.ipynb #7de454d5
+def prepare_run(template: str, params: BaseModel, db_path: Path | str | None = None) -> Path:
+    """What a run needs before Papermill starts; returns the warehouse path. The validation report ingests missing
+    bundled symbols and checks its date range (`prepare_warehouse`); the compliance report needs its audit trail
+    (`audit_db`, else `audit.duckdb` beside the warehouse); other templates get the warehouse path as it is.
+    Raises `ValueError` naming the problem."""
+    if template == "validation" and isinstance(params, ValidationParams): return prepare_warehouse(params, db_path)
+    db = Path(db_path) if db_path is not None else warehouse_path()
+    if template == "compliance":
+        from ptrader.audit import audit_path
+        trail = Path(getattr(params, "audit_db", None) or audit_path(db))
+        if not trail.is_file(): raise ValueError(f"audit_db: no audit trail at {trail}; `ptrader validate` writes one")
+    return db
+
+def _failed_record(template: str, name: str, params: dict, started: dt.datetime, error: str, trigger: str) -> dict:
+    "The record of a run that failed before Papermill could start (no files)."
+    return {"name": name, "template": template, "started_utc": started.isoformat(timespec="seconds"), "seconds": 0.0,
+            "status": "failed", "error": error, "parameters": params, "html": None, "ipynb": None, "result": None,
+            "versions": _versions(), "trigger": trigger, "provenance": {}}
+
+class ReportScheduler:
+    """Runs the schedules stored in `out_dir`'s run table in the foreground, with APScheduler's `BlockingScheduler`.
+
+    Each schedule is a cron job (`cron_trigger`, in the schedule's time zone or `tz`); a fire starts `run_report`
+    with the stored parameters (re-validated by `template_model`), `trigger="schedule:<id>"`. A failing run, whether
+    the notebook fails or the run cannot start, is recorded in the run table and raises a `report_run_failed` alert
+    (`alert_severity`) through `router` (default `ptrader.compliance.default_router()`); the scheduler carries on
+    and the next fire happens. Runs of one schedule never overlap (a fire while its run is going is skipped and
+    logged); runs of different schedules may.
+
+    Missed runs (the stated rule, `catch_up`): the start time of each run is stored as the schedule's
+    `last_fire_utc` before the run begins. When a schedule is loaded, if its cron fired at least once between
+    that time (or the schedule's creation) and now, and the newest such fire is at most `grace` seconds old, the
+    report runs once at start; older misses are skipped (logged). A run that was started and interrupted is not
+    repeated. The table is re-read every `reload_s` seconds, so `report schedule` / `unschedule` reach a running
+    scheduler. `max_runs` (runs finished, ok or failed) and `until` (an aware datetime) stop it; `run()` returns
+    the runs as `(schedule id, run name, status)` tuples."""
+    def __init__(self, out_dir: Path | str | None = None, *, tz: str = "UTC", grace: float = DEFAULT_GRACE,
+                 max_runs: int | None = None, until: dt.datetime | None = None, router=None, alert_severity: str = "WARNING",
+                 keep: int | None = None, reload_s: float = 30.0):
+        if max_runs is not None and max_runs < 1: raise ValueError(f"max_runs must be >= 1, got {max_runs}")
+        if not (math.isfinite(grace) and grace >= 0): raise ValueError(f"grace must be finite seconds >= 0, got {grace}")
+        if until is not None and until.tzinfo is None: raise ValueError("until must be an aware datetime")
+        if alert_severity not in ("CRITICAL", "WARNING", "INFO"): raise ValueError(f"alert_severity: CRITICAL, WARNING or INFO, got {alert_severity!r}")
+        cron_trigger("* * * * *", tz)  # refuses an unknown time zone now
+        self.out = Path(out_dir) if out_dir is not None else _reports_dir()
+        self.tz, self.grace, self.max_runs, self.until, self.router = tz, float(grace), max_runs, until, router
+        self.alert_severity, self.keep, self.reload_s = alert_severity, keep_runs(keep), float(reload_s)
+        self.runs: list[tuple[int, str, str]] = []
+        self._loaded: dict[int, tuple] = {}
+        self._gates: dict[int, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._sched = None
+
+    def sync(self) -> None:
+        "Add the jobs of new or changed schedules (with the missed-run rule) and drop those of removed ones."
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = {int(r.id): r for r in schedules(self.out).itertuples(index=False)}
+        for sid in set(self._loaded) - set(rows):
+            with contextlib.suppress(Exception): self._sched.remove_job(f"schedule-{sid}")
+            del self._loaded[sid]; log.info("schedule %d removed", sid)
+        for sid, r in rows.items():
+            tz = r.tz if isinstance(r.tz, str) else self.tz
+            key = (r.template, r.cron, tz)
+            if self._loaded.get(sid) == key: continue
+            try: trig = cron_trigger(r.cron, tz)
+            except ValueError as e: log.error("schedule %d not loaded: %s", sid, e); continue
+            self._sched.add_job(self._fire, trig, args=[sid], id=f"schedule-{sid}", replace_existing=True,
+                                      coalesce=True, max_instances=1, misfire_grace_time=max(int(self.grace), 1))
+            self._loaded[sid] = key
+            log.info("schedule %d: %s at '%s' (%s); next run %s", sid, r.template, r.cron, tz, trig.get_next_fire_time(None, now))
+            since = max(t for t in (r.created_utc, r.last_fire_utc) if not pd.isna(t)).tz_localize("UTC").to_pydatetime()
+            missed = catch_up(r.cron, since, now, tz=tz, grace=self.grace)
+            if missed is not None:
+                log.info("schedule %d: fire of %s missed; running it once now (catch-up)", sid, missed.isoformat())
+                self._sched.add_job(self._fire, "date", run_date=now, args=[sid, missed], id=f"catch-up-{sid}",
+                                    replace_existing=True, misfire_grace_time=None)
+            elif trig.get_next_fire_time(None, since + dt.timedelta(microseconds=1)) <= now:
+                log.warning("schedule %d: fires missed since %s are older than the grace period (%g s); skipped", sid, since, self.grace)
+
+    def _alert(self, row, name: str, error: str) -> None:
+        from ptrader.compliance import Alert, default_router
+        try:
+            if self.router is None: self.router = default_router()
+            self.router.submit(Alert(self.alert_severity, "report_run_failed",
+                                     f"scheduled report {row.template} (schedule {row.id}, cron '{row.cron}') failed: run {name}: {error}",
+                                     key=f"report_run_failed:{name}", source="ptrader.reports"))
+            self.router.flush()
+        except Exception as e: log.error("schedule %s: could not raise the alert for %s: %s", row.id, name, e)
+
+    def _fire(self, sid: int, missed: dt.datetime | None = None) -> None:
+        gate = self._gates.setdefault(sid, threading.Lock())
+        if not gate.acquire(blocking=False):
+            log.warning("schedule %d: its previous run is still going; this fire is skipped", sid); return
+        try:
+            row = next((r for r in schedules(self.out).itertuples(index=False) if int(r.id) == sid), None)
+            if row is None: return
+            started = dt.datetime.now(dt.timezone.utc)
+            with run_table(self.out) as con: con.execute("UPDATE schedules SET last_fire_utc = ? WHERE id = ?", [_utc(started), sid])
+            status, name = self._run(row, started)
+        finally: gate.release()
+        with self._lock:
+            self.runs.append((sid, name, status))
+            done = self.max_runs is not None and len(self.runs) >= self.max_runs
+        if done:
+            log.info("scheduler: %d run(s) done (--max-runs); stopping", len(self.runs)); self._stop()
+
+    def _run(self, row, started: dt.datetime) -> tuple[str, str]:
+        trigger, name = f"schedule:{row.id}", f"{row.template}-schedule{row.id}-{started:%Y%m%dT%H%M%S%fZ}"
+        try:
+            params = template_model(row.template)(**row.parameters)
+            name = report_name(row.template, params, started)
+            db = prepare_run(row.template, params, row.db_path if isinstance(row.db_path, str) else None)
+            run_report(row.template, params, db_path=db, out_dir=self.out, progress=False, quiet=True, name=name,
+                       trigger=trigger, keep=self.keep)
+            log.info("schedule %s: %s ok", row.id, name)
+            return "ok", name
+        except ReportError as e:  # the notebook failed: run_report recorded it with its files
+            error = str(e)
+        except Exception as e:  # it could not start: parameters no longer valid, template gone, no warehouse, ...
+            error = one_line(e) if isinstance(e, ValidationError) else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            try: record_run(_failed_record(row.template, name, row.parameters, started, error, trigger), self.out, keep=self.keep)
+            except Exception as e2: log.error("schedule %s: could not record the failed run %s: %s", row.id, name, e2)
+        log.error("schedule %s: %s failed: %s", row.id, name, error)
+        self._alert(row, name, error)
+        return "failed", name
+
+    def _stop(self) -> None:
+        with contextlib.suppress(Exception): self._sched.shutdown(wait=False)
+
+    def run(self) -> list[tuple[int, str, str]]:
+        "Run until `max_runs` runs have finished, `until` passes, or Ctrl-C; returns the runs."
+        from apscheduler.schedulers.blocking import BlockingScheduler
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.until is not None and self.until <= now: return self.runs
+        self._sched = BlockingScheduler(timezone=self.tz)
+        self.sync()
+        self._sched.add_job(self.sync, "interval", seconds=self.reload_s, id="reload", coalesce=True, max_instances=1)
+        if self.until is not None:
+            self._sched.add_job(self._stop, "date", run_date=self.until, id="until", misfire_grace_time=None)
+        log.info("scheduler: %d schedule(s) from %s; until %s, at most %s run(s)", len(self._loaded), runs_path(self.out),
+                 self.until or "stopped", self.max_runs or "any number of")
+        try: self._sched.start()
+        except (KeyboardInterrupt, SystemExit): self._stop()
+        return self.runs
+
+# %% ../nbs/09_reports.ipynb #124e6e12
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # as `ptrader.cli`
+_EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the failing cell are recorded); 2 bad input (named on stderr); "
+           "75 the warehouse is being written by another process (validation ingesting bundled data)")
+
+def _out_arg(p):
+    p.add_argument("--out", type=Path, default=None, help="reports folder: runs, index.html, the run table and the schedules (default $PTRADER_REPORTS or reports/)")
+
+def _report_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ptrader report", epilog=_EPILOG,
+                                 description="Run any report template of nbs/reports (or $PTRADER_TEMPLATES) with checked parameters, "
+                                             "list recorded runs, and store schedules for `ptrader scheduler run` or cron.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a template now", epilog=_EPILOG,
+                       description="Check the parameters against the template's parameters cell, run it with Papermill, render HTML, record the run.")
+    r.add_argument("name", help="template name, e.g. validation, compliance (see `ptrader report templates`)")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter (repeat); lists as a,b or JSON")
+    r.add_argument("--db", type=Path, default=None, help="warehouse (default $PTRADER_DB or data/ptrader.duckdb)")
+    r.add_argument("--keep", type=int, default=None, help=f"runs kept per template (default ${KEEP_ENV} or {DEFAULT_KEEP}); the newest failure is always kept")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar, only warnings and errors (for cron)")
+    _out_arg(r)
+    l = sub.add_parser("list", help="recent runs from the run table, newest first")
+    l.add_argument("--template"); l.add_argument("--status", choices=["ok", "failed"])
+    l.add_argument("-n", "--limit", type=int, default=20, help="rows shown (default 20)")
+    _out_arg(l)
+    t = sub.add_parser("templates", help="the templates found and their parameters")
+    s = sub.add_parser("schedule", help="store a schedule (or --list, --print-crontab)", epilog=_EPILOG,
+                       description="Store a schedule that `ptrader scheduler run` runs; --list shows them, --print-crontab writes equivalent crontab lines.")
+    s.add_argument("name", nargs="?", help="template name")
+    s.add_argument("--cron", help='crontab expression, e.g. "0 6 * * 1-5" (weekdays 06:00); six fields put seconds first')
+    s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--tz", default=None, help="time zone of the cron expression (default: the scheduler's, UTC)")
+    s.add_argument("--db", type=Path, default=None, help="warehouse for its runs (default: $PTRADER_DB or data/ptrader.duckdb when it fires)")
+    s.add_argument("--list", action="store_true", help="list the stored schedules")
+    s.add_argument("--print-crontab", action="store_true", help="print crontab lines calling `ptrader report run` for every schedule")
+    _out_arg(s)
+    u = sub.add_parser("unschedule", help="delete a stored schedule")
+    u.add_argument("id", type=int); _out_arg(u)
+    return ap
+
+def _print_runs(df: pd.DataFrame) -> None:
+    if not len(df): print("no runs recorded"); return
+    cols = ["started (UTC)", "template", "status", "seconds", "trigger", "run"]
+    rows = [[str(r.started_utc)[:19], r.template, r.status, f"{r.seconds:.1f}" if not pd.isna(r.seconds) else "-", str(r.trigger), r.name]
+            for r in df.itertuples(index=False)]
+    w = [max(len(c), *(len(x[i]) for x in rows)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(n) for c, n in zip(cols, w)))
+    for x, r in zip(rows, df.itertuples(index=False)):
+        print("  ".join(c.ljust(n) for c, n in zip(x, w)))
+        if isinstance(r.error, str) and r.error: print(f"    error: {r.error[:200]}")
+
+def _report_cmd(a) -> int:
+    if a.cmd == "run":
+        params = parse_params(a.name, a.param)
+        keep_runs(a.keep)
+        db = prepare_run(a.name, params, a.db)
+        run = run_report(a.name, params, db_path=db, out_dir=a.out, progress=not a.quiet, keep=a.keep)
+        print(f"report: {run.html}\nindex:  {run.html.parent / 'index.html'}\n({run.seconds:.1f} s)")
+        return EXIT_OK
+    if a.cmd == "list":
+        _print_runs(runs(a.out, template=a.template, status=a.status, limit=a.limit)); return EXIT_OK
+    if a.cmd == "templates":
+        for n, p in list_templates().items():
+            fields = template_model(n).model_fields
+            print(f"{n}  ({p})\n    " + ", ".join(f"{k}={f.default!r}" if f.default_factory is None else k for k, f in fields.items()))
+        return EXIT_OK
+    if a.cmd == "unschedule":
+        if not remove_schedule(a.id, a.out): raise ValueError(f"no schedule {a.id} in {runs_path(a.out)}")
+        print(f"schedule {a.id} removed"); return EXIT_OK
+    if a.list or a.print_crontab:
+        if a.name or a.cron or a.param: raise ValueError("--list / --print-crontab take no template, --cron or -p")
+        if a.print_crontab: print("\n".join(crontab_lines(a.out, tz=a.tz or "UTC"))); return EXIT_OK
+        df = schedules(a.out)
+        if not len(df): print(f"no schedules in {runs_path(a.out)}")
+        for r in df.itertuples(index=False):
+            last = "never" if pd.isna(r.last_fire_utc) else f"{r.last_fire_utc:%Y-%m-%d %H:%M:%S} UTC"
+            print(f"{r.id}  {r.template}  '{r.cron}' ({r.tz if isinstance(r.tz, str) else 'scheduler tz'})  "
+                  f"{' '.join(param_args(r.parameters)) or 'defaults'}  last run started {last}")
+        return EXIT_OK
+    if not a.name or not a.cron: raise ValueError("give a template and --cron (or --list / --print-crontab)")
+    sid = add_schedule(a.name, a.cron, parse_params(a.name, a.param), tz=a.tz, db_path=a.db, out_dir=a.out)
+    print(f"schedule {sid}: {a.name} at '{a.cron}' ({a.tz or 'the scheduler time zone, UTC by default'}); "
+          f"run it with `ptrader scheduler run` or add `ptrader report schedule --print-crontab` to your crontab")
+    return EXIT_OK
+
+def _guarded(prog: str, parser: argparse.ArgumentParser, argv, body) -> int:
+    "Parse `argv`, run `body(args)`, map errors to one line on stderr and an exit code."
+    try: a = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e: return int(e.code or 0)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if getattr(a, "quiet", False) else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try: return body(a)
+    except WarehouseBusyError as e: print(f"{prog}: {e}", file=sys.stderr); return EXIT_BUSY
+    except ReportError as e: print(f"{prog}: {e}", file=sys.stderr); return EXIT_FAILED
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"{prog}: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr); return EXIT_BAD_INPUT
+    except Exception as e:
+        if not isinstance(e, PtraderError): raise
+        print(f"{prog}: {e}", file=sys.stderr); return EXIT_BAD_INPUT
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """`ptrader report run NAME [-p KEY=VALUE ...] [--db PATH] [--out DIR] [--keep N] [-q]`, `report list`,
+    `report templates`, `report schedule NAME --cron EXPR [-p ...] [--tz TZ] [--db PATH]`, `report schedule --list`,
+    `report schedule --print-crontab`, `report unschedule ID` (`argv` without the word `report`). Returns the exit
+    code: 0 done, 1 the run failed, 2 bad input (unknown template or parameter, wrong type, bad cron), each named
+    in one line on stderr before anything runs."""
+    return _guarded("ptrader report", _report_parser(), argv, _report_cmd)
+
+def _scheduler_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ptrader scheduler", epilog="exit codes: 0 stopped (--max-runs, --until or Ctrl-C; failed runs are "
+                                 "recorded and alerted, not an exit code); 2 bad input",
+                                 description="Run the schedules stored by `ptrader report schedule` in the foreground (APScheduler).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the stored schedules until stopped")
+    r.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (ok or failed)")
+    r.add_argument("--until", default=None, help="stop at this time, ISO 8601 (no offset: UTC), e.g. 2026-12-01T18:00")
+    r.add_argument("--tz", default="UTC", help="time zone of schedules stored without one (default UTC)")
+    r.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                   help=f"missed-run rule: run once at start if the newest missed fire is at most this many seconds old (default {DEFAULT_GRACE:g})")
+    r.add_argument("--alerts-file", type=Path, default=None, help="JSON-lines file for failure alerts (default $PTRADER_ALERTS_FILE or data/alerts.jsonl)")
+    r.add_argument("--alert-severity", default="WARNING", choices=["CRITICAL", "WARNING", "INFO"], help="severity of a failed run's alert (default WARNING)")
+    r.add_argument("--keep", type=int, default=None, help=f"runs kept per template (default ${KEEP_ENV} or {DEFAULT_KEEP})")
+    r.add_argument("--reload", type=float, default=30.0, help="seconds between re-reads of the stored schedules (default 30)")
+    r.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _out_arg(r)
+    return ap
+
+def _scheduler_cmd(a) -> int:
+    until = None
+    if a.until is not None:
+        try: until = pd.Timestamp(a.until)
+        except (ValueError, TypeError): raise ValueError(f"--until: not an ISO time: {a.until!r}") from None
+        until = (until.tz_localize("UTC") if until.tzinfo is None else until).to_pydatetime()
+    if a.reload <= 0: raise ValueError(f"--reload must be > 0 seconds, got {a.reload:g}")
+    router = None
+    if a.alerts_file is not None:
+        from ptrader.compliance import JsonlSink, default_router
+        router = default_router(); router.sinks["jsonl"] = JsonlSink(a.alerts_file)
+    s = ReportScheduler(a.out, tz=a.tz, grace=a.grace, max_runs=a.max_runs, until=until, router=router,
+                        alert_severity=a.alert_severity, keep=a.keep, reload_s=a.reload)
+    done = s.run()
+    failed = sum(st != "ok" for _, _, st in done)
+    print(f"scheduler: {len(done)} run(s), {len(done) - failed} ok, {failed} failed; index: {s.out / 'index.html'}")
+    return EXIT_OK
+
+def scheduler_main(argv: list[str] | None = None) -> int:
+    """`ptrader scheduler run [--max-runs N] [--until ISO] [--tz TZ] [--grace S] [--alerts-file F] [--out DIR]`
+    (`argv` without the word `scheduler`): `ReportScheduler(...).run()`. Returns 0 once stopped, 2 for bad input."""
+    return _guarded("ptrader scheduler", _scheduler_parser(), argv, _scheduler_cmd)
