@@ -389,7 +389,7 @@ def synthetic_bars(n: int = 600, *, seed: int = 0, drift: float = 0.0003, vol: f
 # %% ../nbs/07a_agents.ipynb #5c209005
 ACTIONS = ("BUY", "SELL", "HOLD")
 RISK_LEVELS = ("low", "medium", "high", "extreme")
-LLM_RATIONALE_CHARS = 200
+LLM_RATIONALE_CHARS = 100
 LLM_FIELDS = ("action", "confidence", "stop_loss", "take_profit", "risk_level", "risk_score", "horizon", "rationale")
 
 class Decision(BaseModel):
@@ -553,12 +553,13 @@ def execute_decision(broker: PaperBroker, # the run's paper broker, marked throu
 # %% ../nbs/07a_agents.ipynb #4afc9c89
 DECISION_COLUMNS = ["ts", "symbol", "agent", "action", "confidence", "target_fraction", "stop_loss", "take_profit",
                     "risk_level", "risk_score", "horizon", "rationale", "failure", "failure_kind", "accepted", "layer",
-                    "reason", "p", "close", "position_before", "n_orders", "order_ids"]
+                    "reason", "p", "close", "position_before", "n_orders", "order_ids", "flags"]
 
 @dataclass(frozen=True)
 class AgentRun:
     """One agent's run: `decisions` (tidy, one row per decision bar, `DECISION_COLUMNS` plus whatever the
-    agent's `last_info` held: prompt id, latency, tokens, cache hit), the `broker` after the last bar (fills,
+    agent's `last_info` held: prompt id, latency, tokens, cache hit; `flags` is the list of the decision's
+    flags and those in `last_info["flags"]`, what `ptrader.compliance` checks against forbidden decisions), the `broker` after the last bar (fills,
     events, equity curve), `params` (agent, symbol, cadence, settings, anonymization) and `elapsed_s`."""
     decisions: pd.DataFrame
     broker: PaperBroker
@@ -578,6 +579,15 @@ class AgentRun:
         ret = eq.iloc[-1] / eq.iloc[0] - 1 if len(eq) else float("nan")
         return (f"{self.params['agent']} on {self.params['symbol']}: {n} decisions {acts}, {fails} fallback HOLDs, "
                 f"{len(self.broker.fills())} fills, return {ret:.2%} in {self.elapsed_s:.1f}s")
+
+
+def _flag_list(*groups) -> list[str]:
+    "The flags of every group (a string counts as one flag), in order, each once."
+    out = []
+    for g in groups:
+        for f in ([g] if isinstance(g, str) else list(g or ())):
+            if str(f) not in out: out.append(str(f))
+    return out
 
 
 def run_agent(agent: Agent,
@@ -620,7 +630,8 @@ def run_agent(agent: Agent,
                     "horizon", "rationale", "failure")},
                    failure_kind=info.pop("failure_kind", None) if d.failure is not None else None,
                    accepted=accepted, layer=layer, reason=reason, p=p, close=float(recs[ts]["close"]),
-                   position_before=acct.position, n_orders=len(ids), order_ids=",".join(map(str, ids)))
+                   position_before=acct.position, n_orders=len(ids), order_ids=",".join(map(str, ids)),
+                   flags=_flag_list(d.flags, info.pop("flags", None)))
         row.update({k: v for k, v in info.items() if k not in row})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -750,9 +761,10 @@ class VolTargetAgent:
                         rationale=f"forecast vol {sig:.1%}, target {self.target_vol:.0%}")
 
 # %% ../nbs/07a_agents.ipynb #69209aa0
-PROMPT_TEMPLATE_VERSION = "ptrader-decision-v1"
+PROMPT_TEMPLATE_VERSION = "ptrader-decision-v2"
 
 _SYSTEM = """You are a trading agent for one instrument. You decide at the close of the last bar; orders execute at the next open.
+The user message gives: the instrument; the account (position side and its share of equity, open P&L and drawdown as shares of equity, risk state); trend and volatility regimes; forecasts of the change of the close; ATR(14) and realized volatility (21 bars, annualized) as percentages of the price; returns over the last 1, 5 and 21 bars; the last closes, oldest first; the date of the last bar.
 Reply with one JSON object: action "BUY" (hold a long position), "SELL" ({sell}) or "HOLD" (no change); confidence from 0 to 1 (probability that the position gains over the horizon); stop_loss and take_profit as positive fractions of the price (0.02 = 2%); risk_level "low", "medium", "high" or "extreme"; risk_score from 0 to 1; horizon in bars (1 to 252); rationale, one short sentence."""
 
 @dataclass(frozen=True)
@@ -769,41 +781,50 @@ class Anonymization:
         return cls(mask=mask, shift_days=int(np.random.default_rng(seed).integers(3650, 7301)))
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:+.2%}"
+def _pct(x, d: int = 1) -> str:
+    "A signed percentage with `d` decimals, 'n/a' for a missing value."
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:+.{d}%}"
 
+def _sig4(x: float) -> str:
+    "A price with 4 significant digits and no exponent (95.29, 4012, 0.5432): few tokens, enough precision."
+    if not np.isfinite(x): return "n/a"
+    d = max(0, 3 - int(math.floor(math.log10(abs(x))))) if x != 0 else 0
+    return f"{x:.{d}f}"
 
+# %% ../nbs/07a_agents.ipynb #5b1e7c3a
 def build_prompt(view: MarketView, *, anonymize: Anonymization | None = None, n_closes: int = 10,
                  sell_means: str = "exit") -> list[dict]:
-    "System and user messages for the decision at `view.t` (template `PROMPT_TEMPLATE_VERSION`)."
+    """System and user messages for the decision at `view.t` (template `PROMPT_TEMPLATE_VERSION`). The
+    system message is the same for every decision, and the user message runs from what changes least
+    (instrument, account, regimes) to what changes every bar (returns, closes, date), so a server that
+    reuses the KV cache of the longest shared prefix evaluates only the tail."""
     sell = "exit the long position" if sell_means == "exit" else "exit a long position, or open a short from flat"
     c = view.close.window(n_closes)
     f = view.features.lag(0)
     sym, ts = view.symbol, view.t
     if anonymize is not None:
         sym, ts = anonymize.mask, ts + pd.Timedelta(days=anonymize.shift_days)
-        closes = ", ".join(f"{x:.2f}" for x in anonymize.rebase * c.to_numpy() / c.iloc[0])
-        closes_head = f"Closes of the last {len(c)} bars, rebased to {anonymize.rebase:g} at the first shown"
+        closes = " ".join(_sig4(x) for x in anonymize.rebase * c.to_numpy() / c.iloc[0])
+        closes_head = f"Closes (last {len(c)}, rebased to {anonymize.rebase:g} at the first)"
     else:
-        closes = ", ".join(f"{x:.2f}" for x in c.to_numpy())
-        closes_head = f"Closes of the last {len(c)} bars"
+        closes = " ".join(_sig4(x) for x in c.to_numpy())
+        closes_head = f"Closes (last {len(c)})"
     ret = lambda k: (view.close.lag(0) / view.close.lag(k) - 1) if len(view) > k else float("nan")
     fc = view.forecasts()
-    if len(fc):
-        ftxt = "; ".join(f"{r.model}: {_pct(math.expm1(r.change))}" for r in fc.itertuples())
-        ftxt = f"Forecast change of the close over the next {view.horizon} bars: {ftxt}."
-    else:
-        ftxt = "Forecasts: none."
+    ftxt = ", ".join(f"{r.model} {_pct(math.expm1(r.change))}" for r in fc.itertuples()) if len(fc) else "none"
     a = view.account
     side = "long" if a.position > 0 else ("short" if a.position < 0 else "flat")
     lab = lambda x: x if isinstance(x, str) else "unknown"
-    user = (f"Instrument: {sym}. Last bar: {ts.date()} (close).\n{closes_head}: {closes}.\n"
-            f"Returns: 1 bar {_pct(ret(1))}, 5 bars {_pct(ret(5))}, 21 bars {_pct(ret(21))}.\n"
-            f"ATR(14): {_pct(f['atr_frac'])[1:] if np.isfinite(f['atr_frac']) else 'n/a'} of the price. "
-            f"Realized volatility (21 bars, annualized): {_pct(f['rv_21'])[1:] if np.isfinite(f['rv_21']) else 'n/a'}.\n"
-            f"Regimes: trend {lab(f['trend_regime'])}, volatility {lab(f['vol_regime'])}.\n{ftxt}\n"
-            f"Account: {side} ({a.position_frac:.0%} of equity), open P&L {_pct(a.open_pnl / a.equity if a.equity else 0.0)} of equity, "
-            f"drawdown {a.drawdown:.1%}, risk state {a.risk_state}.\nYour decision:")
+    unsigned = lambda x: _pct(x)[1:] if x is not None and np.isfinite(x) else "n/a"
+    user = (f"Instrument: {sym}\n"
+            f"Account: {side} {abs(a.position_frac):.0%}, open P&L {_pct(a.open_pnl / a.equity if a.equity else 0.0)}, "
+            f"drawdown {a.drawdown:.1%}, risk {a.risk_state}\n"
+            f"Regimes: trend {lab(f['trend_regime'])}, volatility {lab(f['vol_regime'])}\n"
+            f"Forecasts ({view.horizon} bars): {ftxt}\n"
+            f"ATR: {unsigned(f['atr_frac'])}. Volatility: {unsigned(f['rv_21'])}\n"
+            f"Returns (1, 5, 21 bars): {_pct(ret(1))} {_pct(ret(5))} {_pct(ret(21))}\n"
+            f"{closes_head}: {closes}\n"
+            f"Date: {ts.date()}")
     return [{"role": "system", "content": _SYSTEM.format(sell=sell)}, {"role": "user", "content": user}]
 
 # %% ../nbs/07a_agents.ipynb #3d619752
@@ -815,7 +836,9 @@ class OllamaAgent:
     Parameters: `client`; `name` (default "ollama:<model>"); `anonymize` (an `Anonymization`, True for
     `Anonymization.from_seed(seed)`, or None); `n_closes` closes in the prompt; `sell_means` as in
     `ExecutionSettings` (stated in the prompt).
-    Attributes: `last_info` (prompt id and text, model, cache hit, latency, tokens, raw answer, failure kind),
+    Attributes: `last_info` (prompt id and text, model, cache hit, latency, tokens, raw answer, failure kind;
+    `request_latency_s` the answer's recorded latency without the model load, cached answers included, and
+    `total_tokens` prompt + answer tokens),
     `anonymization` (dict or None), `counts` (decisions, failures by kind)."""
     def __init__(self, client, *, name: str | None = None, anonymize: Anonymization | bool | None = None, seed: int = 0,
                  n_closes: int = 10, sell_means: str = "exit"):
@@ -838,7 +861,8 @@ class OllamaAgent:
         self.counts["decisions"] += 1
         info = dict(prompt_id=pid, prompt=msgs[-1]["content"], model=r.model, cached=r.cached, latency_s=r.latency_s,
                     attempts=r.attempts, prompt_tokens=r.prompt_eval_count, eval_tokens=r.eval_count,
-                    tokens_per_s=r.tokens_per_s, load_duration_ns=r.load_duration_ns, llm_key=r.key, raw=r.content)
+                    tokens_per_s=r.tokens_per_s, load_duration_ns=r.load_duration_ns, llm_key=r.key, raw=r.content,
+                    request_latency_s=r.request_latency_s, total_tokens=r.total_tokens)
         if r.ok:
             self.counts["answers"] += 1
             d, kind, why = parse_decision(r.content, view.symbol)

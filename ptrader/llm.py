@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import importlib.util
 import json
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import duckdb
 import numpy as np
@@ -32,9 +33,10 @@ from .errors import LLMError
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'FAILURE_KINDS', 'DEFAULT_MODEL', 'JSON_CHAR_RULE', 'canonical_json', 'cache_key', 'ResponseCache',
-           'LLMResponse', 'HealthReport', 'OllamaClient', 'free_port', 'bundled_model_path', 'file_digest',
-           'schema_grammar', 'LlamaBackend', 'make_server', 'resolve_model', 'cli_main', 'LocalServer']
+__all__ = ['logger', 'FAILURE_KINDS', 'DEFAULT_MODEL', 'JSON_CHAR_RULE', 'GRAMMAR_DECIMALS', 'SERVER_REVISION', 'canonical_json',
+           'cache_key', 'ResponseCache', 'LLMResponse', 'HealthReport', 'OllamaClient', 'free_port',
+           'bundled_model_path', 'file_digest', 'schema_grammar', 'local_server_version', 'physical_cores',
+           'LlamaBackend', 'make_server', 'resolve_model', 'cli_main', 'LocalServer']
 
 # %% ../nbs/07_llm.ipynb #a144d5b9
 def canonical_json(obj) -> str:
@@ -123,7 +125,13 @@ FAILURE_KINDS = ("connection", "timeout", "http_5xx", "http_4xx", "bad_response"
 class LLMResponse:
     """Outcome of one chat call. `ok` False means `content` is not to be used: `error_kind` is one of
     `FAILURE_KINDS`, `error` the message. `latency_s` wall seconds of the final attempt (0 for a cache hit);
-    `*_duration_ns` Ollama's nanosecond counters; `tokens_per_s` = eval_count / eval_duration."""
+    `recorded_latency_s` wall seconds of the live call that produced `content` (the same for a live call,
+    the stored value for a cache hit; None for a failure or an entry cached before it was recorded);
+    `*_duration_ns` Ollama's nanosecond counters (a cache hit carries those of the call that produced it):
+    `load_duration_ns` is the model's load time, apart from the request. `prompt_eval_count` counts the
+    whole prompt (what a paid API bills), even when the server reused part of it from its KV cache.
+    Properties: `request_latency_s` (recorded latency without the load), `tokens_per_s` = eval_count /
+    eval_duration, `total_tokens` = prompt + answer tokens (the cost of one call)."""
     ok: bool
     content: str = ""
     model: str = ""
@@ -139,11 +147,23 @@ class LLMResponse:
     prompt_eval_duration_ns: int | None = None
     eval_count: int | None = None
     eval_duration_ns: int | None = None
+    recorded_latency_s: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
         if not self.eval_count or not self.eval_duration_ns: return math.nan
         return self.eval_count / (self.eval_duration_ns / 1e9)
+
+    @property
+    def request_latency_s(self) -> float:
+        "Seconds the request took without the model load: `recorded_latency_s - load_duration_ns` (>= 0; NaN if unknown)."
+        if self.recorded_latency_s is None: return math.nan
+        return max(0.0, self.recorded_latency_s - (self.load_duration_ns or 0) / 1e9)
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.prompt_eval_count is None and self.eval_count is None: return None
+        return (self.prompt_eval_count or 0) + (self.eval_count or 0)
 
 _STAT_FIELDS = ("total_duration_ns", "load_duration_ns", "prompt_eval_count", "prompt_eval_duration_ns", "eval_count", "eval_duration_ns")
 
@@ -195,24 +215,31 @@ class OllamaClient:
     backoff : seconds before the first retry, doubled each time.
     seed, temperature, num_predict, options : sampling options sent with every call (`options` adds more).
     cache : a `ResponseCache` or a path to one; None: no cache (only `mode="off"`).
-    mode : "live", "replay" (never calls the server) or "off".
+    mode : "live", "replay" (never calls the server), "auto" (the cache first; the server only for a miss) or "off".
     stream : use the streaming endpoint (NDJSON chunks) instead of one JSON answer.
     fallback_model, max_latency_s, min_tokens_per_s, guard_breaches : the failover guard.
+    identity : (server version, model digest) of `model` known without asking the server (e.g.
+        `LocalServer.identity()`); it is checked against the server at the first call that reaches it.
+    ensure_server : called once before the first request that needs the server (a cache miss, a health
+        check), e.g. `LocalServer.ensure`, so that a run answered wholly from the cache never starts one.
 
     Attributes: `calls` (list of `LLMResponse`), `failovers` (list of dicts), `active_model`.
 
-    Raises `ValueError` for a bad `mode`/`retries`/`timeout`, or `mode="replay"` without a cache."""
+    Raises `ValueError` for a bad `mode`/`retries`/`timeout`, or `mode="replay"`/`"auto"` without a cache."""
     def __init__(self, model: str, host: str | None = None, *, timeout: float = 30.0, retries: int = 2, backoff: float = 0.25,
                  seed: int = 0, temperature: float = 0.0, num_predict: int = 256, options: Mapping | None = None,
                  cache: ResponseCache | str | Path | None = None, mode: str = "live", stream: bool = False,
                  fallback_model: str | None = None, max_latency_s: float | None = None,
-                 min_tokens_per_s: float | None = None, guard_breaches: int = 3):
+                 min_tokens_per_s: float | None = None, guard_breaches: int = 3,
+                 identity: tuple[str, str] | None = None, ensure_server: Callable[[], Any] | None = None):
         import ollama
-        if mode not in ("live", "replay", "off"): raise ValueError(f"mode must be 'live', 'replay' or 'off', got {mode!r}")
+        if mode not in ("live", "replay", "auto", "off"): raise ValueError(f"mode must be 'live', 'replay', 'auto' or 'off', got {mode!r}")
         if not (timeout > 0): raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if retries < 0 or backoff < 0 or guard_breaches < 1: raise ValueError("retries, backoff >= 0 and guard_breaches >= 1 required")
         if isinstance(cache, (str, Path)): cache = ResponseCache(cache)
-        if mode == "replay" and cache is None: raise ValueError("mode='replay' needs a cache")
+        if mode in ("replay", "auto") and cache is None: raise ValueError(f"mode={mode!r} needs a cache")
+        if identity is not None and (len(identity) != 2 or not all(isinstance(x, str) and x for x in identity)):
+            raise ValueError(f"identity must be (server version, model digest), got {identity!r}")
         self.model, self.active_model = model, model
         self.host = (host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434").rstrip("/")
         if "://" not in self.host: self.host = "http://" + self.host
@@ -223,6 +250,9 @@ class OllamaClient:
         self.guard_breaches = int(guard_breaches)
         self._client = ollama.Client(host=self.host, timeout=self.timeout)
         self._identity: dict[str, tuple[str, str]] = {}
+        self._given = {model: tuple(identity)} if identity is not None else {}
+        self._assumed: set[str] = set()      # models whose identity the server has not confirmed yet
+        self._ensure, self._ensured, self._ensure_error = ensure_server, ensure_server is None, None
         self._breaches = 0
         self.calls: list[LLMResponse] = []
         self.failovers: list[dict] = []
@@ -250,18 +280,48 @@ class OllamaClient:
                 return str(m.digest)
         raise LLMError(f"{self.host}: model {model!r} not listed by /api/tags (have {[m.model for m in tags.models]})")
 
+    def ensure_server(self) -> None:
+        """Run the `ensure_server` hook once (a no-op without one). Raises `ConnectionError` if it failed, now or
+        before (a server that did not start is not tried again on every call)."""
+        if self._ensured: return
+        if self._ensure_error is None:
+            try:
+                self._ensure(); self._ensured = True; return
+            except Exception as e:
+                self._ensure_error = f"starting the server failed: {type(e).__name__}: {e}"
+        raise ConnectionError(self._ensure_error)
+
     def identity(self, model: str | None = None) -> tuple[str, str]:
-        """(server version, model digest) for the cache key: from the server in live mode (and remembered in
-        the cache), from the cache in replay mode. Raises `LLMError` in replay mode when the cache never saw the model."""
+        """(server version, model digest) for the cache key. `identity=` given for the model: that one; replay:
+        the cache's record; auto: the cache's record if it has one; otherwise (and in live mode) the server's,
+        remembered in the cache. An identity not from the server is checked at the first call that reaches it.
+        Raises `LLMError` in replay mode when the cache never saw the model."""
         model = model or self.active_model
         if model in self._identity: return self._identity[model]
-        if self.mode == "replay":
-            ident = self.cache.identity(model)
-            if ident is None: raise LLMError(f"replay: the cache {self.cache.path} has no record of model {model!r}")
-        else:
-            ident = (self.server_version(), self.model_digest(model))
-            if self.cache is not None: self.cache.remember_model(model, *ident)
+        ident = self._given.get(model)
+        if ident is None and self.mode in ("replay", "auto"): ident = self.cache.identity(model)
+        if ident is not None and self.mode != "replay": self._assumed.add(model)
+        if ident is None:
+            if self.mode == "replay": raise LLMError(f"replay: the cache {self.cache.path} has no record of model {model!r}")
+            ident = self._server_identity(model)
         self._identity[model] = ident
+        return ident
+
+    def _server_identity(self, model: str) -> tuple[str, str]:
+        self.ensure_server()
+        ident = (self.server_version(), self.model_digest(model))
+        if self.cache is not None: self.cache.remember_model(model, *ident)
+        self._assumed.discard(model)
+        return ident
+
+    def _confirm_identity(self, model: str) -> tuple[str, str]:
+        "Before a miss goes to the server: check an assumed identity against it (and keep the server's if they differ)."
+        ident = self._identity[model]
+        if model in self._assumed:
+            real = self._server_identity(model)
+            if real != ident:
+                logger.warning("%s: model %s is %s, not the assumed %s; keys use the server's from now on", self.host, model, real, ident)
+            self._identity[model] = ident = real
         return ident
 
     # ---- health
@@ -270,6 +330,7 @@ class OllamaClient:
         loads the model; its `load_duration` is reported apart from its evaluation time. Never raises."""
         t0 = time.perf_counter()
         try:
+            self.ensure_server()
             version = self.server_version()
         except Exception as e:
             return HealthReport(self.host, self.active_model, False, error=f"{_classify(e)}: {e}")
@@ -332,8 +393,13 @@ class OllamaClient:
                 version, digest = self.identity(model)
                 key = cache_key(version, digest, template_version, messages, schema, options)
                 hit = self.cache.get(key)
+                if hit is None and self.mode != "replay" and model in self._assumed:   # the server decides the key
+                    version, digest = self._confirm_identity(model)
+                    key = cache_key(version, digest, template_version, messages, schema, options)
+                    hit = self.cache.get(key)
                 if hit is not None:
                     resp = LLMResponse(ok=True, content=hit["content"], model=model, key=key, cached=True,
+                                       recorded_latency_s=hit["stats"].get("latency_s"),
                                        **{k: hit["stats"].get(k) for k in _STAT_FIELDS})
                     self.calls.append(resp); return resp
                 if self.mode == "replay":
@@ -353,6 +419,7 @@ class OllamaClient:
             if attempt: time.sleep(self.backoff * 2 ** (attempt - 1))
             attempt += 1; t0 = time.perf_counter()
             try:
+                self.ensure_server()
                 content, stats = self._once(model, messages, schema, options)
                 lat = time.perf_counter() - t0
             except Exception as e:
@@ -365,22 +432,27 @@ class OllamaClient:
             if key is not None:
                 self.cache.put(key, host=self.host, model=model, server_version=version, model_digest=digest,
                                template_version=template_version, request={"messages": list(messages), "format": schema,
-                               "options": options}, content=content, stats=stats)
-            resp = LLMResponse(ok=True, content=content, model=model, key=key, attempts=attempt, latency_s=lat, **stats)
+                               "options": options}, content=content, stats={**stats, "latency_s": lat})
+            resp = LLMResponse(ok=True, content=content, model=model, key=key, attempts=attempt, latency_s=lat,
+                               recorded_latency_s=lat, **stats)
             self.calls.append(resp); self._guard(resp); return resp
         resp = LLMResponse(ok=False, model=model, key=key, error_kind=last_kind, error=last_err, attempts=attempt, latency_s=lat)
         self.calls.append(resp); self._guard(resp); return resp
 
     # ---- statistics
     def call_table(self) -> pd.DataFrame:
-        "One row per call: the `LLMResponse` fields (content left out) plus `tokens_per_s`."
-        rows = [{**{k: v for k, v in asdict(c).items() if k != "content"}, "tokens_per_s": c.tokens_per_s} for c in self.calls]
+        "One row per call: the `LLMResponse` fields (content left out) plus `tokens_per_s`, `request_latency_s`, `total_tokens`."
+        rows = [{**{k: v for k, v in asdict(c).items() if k != "content"}, "tokens_per_s": c.tokens_per_s,
+                 "request_latency_s": c.request_latency_s, "total_tokens": c.total_tokens} for c in self.calls]
         return pd.DataFrame(rows)
 
     def stats(self) -> dict:
         """Counts and latency/token statistics of the calls so far: `calls`, `live`, `cached`, `failures`
-        ({kind: n}), `failure_rate`, latency p50/p95/p99 (seconds, live answered calls), median tokens/s,
-        mean prompt and eval tokens, `failovers`."""
+        ({kind: n}), `failure_rate`, `latency_p50_s`/`_p95_s`/`_p99_s` (wall seconds, live answered calls),
+        median `tokens_per_s`, mean `prompt_tokens` and `eval_tokens` (live calls), `failovers`; and over every
+        answered call, cached ones by the record of the call that produced them: `request_latency_p50_s`/
+        `_p95_s`/`_p99_s` (model load excluded), `load_s` (model load seconds reported), `recorded_tokens_per_s`
+        (median), `tokens_per_call` (mean prompt + answer tokens: the cost of a decision)."""
         c = self.calls; live = [x for x in c if x.ok and not x.cached]
         lat = np.array([x.latency_s for x in live])
         pct = (lambda q: float(np.percentile(lat, q))) if live else (lambda q: math.nan)
@@ -393,7 +465,18 @@ class OllamaClient:
                     latency_p50_s=pct(50), latency_p95_s=pct(95), latency_p99_s=pct(99), tokens_per_s=float(np.median(tps)) if tps else math.nan,
                     prompt_tokens=float(np.mean([x.prompt_eval_count or 0 for x in live])) if live else math.nan,
                     eval_tokens=float(np.mean([x.eval_count or 0 for x in live])) if live else math.nan,
-                    failovers=len(self.failovers))
+                    failovers=len(self.failovers), **self._recorded_stats())
+
+    def _recorded_stats(self) -> dict:
+        ans = [x for x in self.calls if x.ok]
+        req = np.array([x.request_latency_s for x in ans if math.isfinite(x.request_latency_s)])
+        q = (lambda p: float(np.percentile(req, p))) if len(req) else (lambda p: math.nan)
+        tps = [x.tokens_per_s for x in ans if math.isfinite(x.tokens_per_s)]
+        tok = [x.total_tokens for x in ans if x.total_tokens is not None]
+        return dict(request_latency_p50_s=q(50), request_latency_p95_s=q(95), request_latency_p99_s=q(99),
+                    load_s=sum((x.load_duration_ns or 0) for x in ans if not x.cached) / 1e9,
+                    recorded_tokens_per_s=float(np.median(tps)) if tps else math.nan,
+                    tokens_per_call=float(np.mean(tok)) if tok else math.nan)
 
 # %% ../nbs/07_llm.ipynb #01a53ee7
 def free_port() -> int:
@@ -425,11 +508,16 @@ def file_digest(path: str | Path) -> str:
 
 # %% ../nbs/07_llm.ipynb #6dbca9c3
 JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\bfnrt] | "u" [0-9a-fA-F]{4})'
+GRAMMAR_DECIMALS = 4
 
-def schema_grammar(schema: Mapping | str) -> str:
-    """GBNF grammar text for an Ollama `format`: a JSON schema (dict or JSON text) or "json" (any object).
-    Raises `ValueError` for a schema llama-cpp-python cannot convert. Needs the `[llm]` extra."""
+def schema_grammar(schema: Mapping | str, # JSON schema (dict or JSON text) or "json" (any object)
+                   *, compact: bool = True, # no whitespace between tokens (fewer tokens to generate)
+                   decimals: int = GRAMMAR_DECIMALS, # most digits after the point in a bounded number
+                  ) -> str:
+    """GBNF grammar text for an Ollama `format`. Raises `ValueError` for a schema llama-cpp-python cannot
+    convert or `decimals < 1`. Needs the `[llm]` extra."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
+    if decimals < 1: raise ValueError(f"decimals must be >= 1, got {decimals}")
     if schema == "json": schema = {"type": "object"}
     if isinstance(schema, str): schema = json.loads(schema)
     if not isinstance(schema, Mapping): raise ValueError(f"format must be 'json' or a JSON schema object, got {type(schema).__name__}")
@@ -437,12 +525,13 @@ def schema_grammar(schema: Mapping | str) -> str:
         g = json_schema_to_gbnf(json.dumps(schema), prop_order=list(schema.get("properties", {})))
     except Exception as e:
         raise ValueError(f"cannot turn the schema into a grammar: {e}") from e
-    g = "\n".join(JSON_CHAR_RULE if line.startswith("char ::=") else line for line in g.splitlines())
+    g = "\n".join(JSON_CHAR_RULE if line.startswith("char ::=") else ('space ::= ""' if compact and line.startswith("space ::=") else line)
+                  for line in g.splitlines())
     for n in sorted(_max_lengths(schema), reverse=True):   # nested optionals -> llama.cpp's bounded repetition
         if n >= 1: g = g.replace(_nested_optional("char", n), f"char{{0,{n}}}")
     lines = g.splitlines()
     for name, prop in (schema.get("properties") or {}).items():     # numeric bounds the grammar can spell
-        rule = _bounded_number_rule(prop)
+        rule = _bounded_number_rule(prop, decimals)
         kv = name.replace("_", "-") + "-kv ::= "
         i = next((j for j, l in enumerate(lines) if l.startswith(kv) and l.rsplit(" ", 1)[-1] in ("number", "integer")), None)
         if rule is None or i is None: continue
@@ -451,10 +540,11 @@ def schema_grammar(schema: Mapping | str) -> str:
         lines.append(f"{rn} ::= ({rule}) space")
     return "\n".join(lines)
 
-def _bounded_number_rule(prop: Mapping) -> str | None:
+def _bounded_number_rule(prop: Mapping, decimals: int = GRAMMAR_DECIMALS) -> str | None:
     """GBNF for a number or integer property whose bounds lie in [0, 1000] with an integer upper bound: the
-    integer parts as literals, up to 6 decimals; None when the bounds cannot be spelled this way (the plain
-    `number` stays, and the parser downstream checks the range)."""
+    integer parts as literals, up to `decimals` decimals; an exclusive integer lower bound `a` admits `a`
+    only with a non-zero decimal (`0.05` for `> 0`, never `0` or `0.0`). None when the bounds cannot be
+    spelled this way (the plain `number` stays, and the parser downstream checks the range)."""
     t = prop.get("type")
     lo = prop.get("minimum", prop.get("exclusiveMinimum")); hi = prop.get("maximum"); hi_x = prop.get("exclusiveMaximum")
     top = hi if hi is not None else hi_x
@@ -464,10 +554,14 @@ def _bounded_number_rule(prop: Mapping) -> str | None:
         a = int(math.ceil(lo)) + (1 if "exclusiveMinimum" in prop and lo == math.ceil(lo) else 0)
         b = top if hi is not None else top - 1
         return " | ".join(f'"{k}"' for k in range(a, b + 1)) if a <= b else None
-    alts = [" | ".join(f'"{k}"' for k in range(int(math.floor(lo)), top))]
-    body = f'({alts[0]}) ("." [0-9]{{1,6}})?' if top > int(math.floor(lo)) else None
-    if hi is not None: body = " | ".join(x for x in (body, f'"{top}" ("." "0"{{1,6}})?') if x)
-    return body
+    base = int(math.floor(lo)); alts = []
+    open_base = "minimum" not in prop and lo == base       # > base: base itself only with a non-zero decimal
+    if base < top and open_base:
+        alts.append(f'"{base}" "." [0-9]{{0,{decimals - 1}}} [1-9]')
+    ints = list(range(base + 1 if open_base else base, top))
+    if ints: alts.append(f'({" | ".join(f"{chr(34)}{k}{chr(34)}" for k in ints)}) ("." [0-9]{{1,{decimals}}})?')
+    if hi is not None: alts.append(f'"{top}" ("." "0"{{1,{decimals}}})?')
+    return " | ".join(alts) or None
 
 def _max_lengths(schema) -> set[int]:
     "Every `maxLength` of a string without `minLength` in a JSON schema (nested objects and arrays included)."
@@ -486,76 +580,271 @@ def _nested_optional(item: str, n: int) -> str:
     return f"({s})?"
 
 # %% ../nbs/07_llm.ipynb #f94ef9e3
+SERVER_REVISION = "0.1.0"   # bump when the server's answers to the same request change (part of its version string)
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
+def local_server_version() -> str:
+    "The version `ptrader llm serve` reports (and so part of every cache key): ptrader's server revision + llama-cpp-python's."
+    from importlib.metadata import PackageNotFoundError, version
+    try: v = version("llama_cpp_python")
+    except PackageNotFoundError:
+        import llama_cpp; v = llama_cpp.__version__
+    return f"{SERVER_REVISION}-ptrader+llama-cpp-python.{v}"
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (hyper-threads of one core count once), from
+    /sys topology; falls back to the usable CPU count."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    seen = set()
+    for c in cpus:
+        try:
+            t = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+            seen.add((t.joinpath("physical_package_id").read_text().strip(), t.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return max(1, len(seen))
+
+# %% ../nbs/07_llm.ipynb #b7e1a2c0
+_CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
 class LlamaBackend:
     """One GGUF model served by llama-cpp-python. `name` is the model name clients use; `n_ctx` the context
-    window in tokens; `n_threads` default: the CPUs this process may use.
+    window in tokens; `n_threads` default: the physical cores this process may use; `n_batch` tokens per
+    prompt-evaluation batch; `warmup` evaluates a few tokens at load (pages the weights in) so that the
+    first request's time is request time, and the load time (`load_ns`) includes it.
 
     `chat(messages, fmt, options, on_piece=None) -> (content, done_reason, stats)` with Ollama's stats keys
-    (durations in ns). Options honoured: temperature, seed, num_predict, top_k, top_p, min_p, stop,
-    repeat_penalty. Raises `LLMError` if the file cannot be loaded, `ValueError` for a bad format."""
-    def __init__(self, model_path: str | Path, name: str, *, n_ctx: int = 2048, n_threads: int | None = None):
+    (durations in ns) plus `prompt_cache_count` (prompt tokens reused from the KV cache, not evaluated).
+    Options honoured: temperature, seed, num_predict, top_k, top_p, min_p, stop, repeat_penalty.
+    Raises `LLMError` if the file cannot be loaded, `ValueError` for a bad format or a prompt longer than
+    the context window."""
+    def __init__(self, model_path: str | Path, name: str, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 512, warmup: bool = True):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from llama_cpp import Llama
         import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         self.path, self.name = Path(model_path), name
         if not self.path.is_file(): raise LLMError(f"model file {self.path} does not exist")
-        self.n_threads = n_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        self.n_threads = int(n_threads or physical_cores())
         t0 = time.perf_counter_ns()
         try:
-            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=self.n_threads, seed=0, verbose=False)
+            self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=self.n_threads,
+                             n_threads_batch=self.n_threads, seed=0, verbose=False)
         except Exception as e:
             raise LLMError(f"llama-cpp-python could not load {self.path}: {e}") from e
+        self.n_vocab, self.n_ctx = self.llm.n_vocab(), self.llm.n_ctx()
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._eog = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)}
+        tok_text = lambda t: self.llm.detokenize([t], special=True).decode(errors="replace") if t >= 0 else ""
+        self._formatter = Jinja2ChatFormatter(self.llm.metadata.get("tokenizer.chat_template") or _CHATML,
+                                              eos_token=tok_text(self.llm.token_eos()), bos_token=tok_text(self.llm.token_bos()))
+        if warmup:
+            self.llm.eval(self.llm.tokenize(b"Warm up.", add_bos=True)); self.llm.reset()
         self.load_ns = time.perf_counter_ns() - t0
         self._load_pending = True
         self.digest = file_digest(self.path); self.size = self.path.stat().st_size
         self.modified_at = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
-        self.version = f"0.0.0-ptrader+llama-cpp-python.{llama_cpp.__version__}"
-        self.lock = threading.Lock(); self._grammars: dict[str, Any] = {}
+        self.version = local_server_version()
+        self.lock = threading.Lock(); self._grammars: dict[str, Any] = {}; self._samplers: dict[str, Any] = {}
 
     def matches(self, model: str | None) -> bool:
         return model in (self.name, f"{self.name}:latest") or (model or "").removesuffix(":latest") == self.name
 
     def grammar(self, fmt):
+        "The compiled `LlamaGrammar` of `fmt` (compiled once per format and kept). Raises `ValueError` for a bad format."
         from llama_cpp import LlamaGrammar
         k = canonical_json(fmt)
         if k not in self._grammars: self._grammars[k] = LlamaGrammar.from_string(schema_grammar(fmt), verbose=False)
         return self._grammars[k]
+
+    def _grammar_sampler(self, fmt):
+        "A fresh llama.cpp grammar sampler for `fmt`: a clone of one parsed once per format (no re-parse per request)."
+        import llama_cpp
+        k = canonical_json(fmt)
+        if k not in self._samplers:
+            g = self.grammar(fmt)
+            s = llama_cpp.llama_sampler_init_grammar(self._vocab, g._grammar.encode(), g._root.encode())
+            if not s: raise ValueError("llama.cpp could not compile the grammar")
+            self._samplers[k] = s
+        return llama_cpp.llama_sampler_clone(self._samplers[k])
 
     def tag(self) -> dict:
         q = self.path.stem.rsplit(".", 1)[-1] if "." in self.path.stem else "unknown"
         return {"name": self.name, "model": self.name, "modified_at": self.modified_at, "size": self.size, "digest": self.digest,
                 "details": {"format": "gguf", "family": "llama", "parameter_size": "", "quantization_level": q}}
 
+    def prompt_tokens(self, messages) -> list[int]:
+        "The chat template applied to `messages`, tokenized (what the model evaluates)."
+        r = self._formatter(messages=[{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages])
+        return self.llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
+
     def chat(self, messages, fmt=None, options=None, on_piece=None):
-        import llama_cpp
         o = dict(options or {})
         n = int(o.get("num_predict", -1))
         kw = dict(temperature=float(o.get("temperature", 0.8)), top_k=int(o.get("top_k", 40)), top_p=float(o.get("top_p", 0.9)),
                   min_p=float(o.get("min_p", 0.0)), repeat_penalty=float(o.get("repeat_penalty", 1.1)),
-                  stop=list(o.get("stop") or []), seed=int(o.get("seed", 0)), max_tokens=n if n > 0 else None)
-        grammar = self.grammar(fmt) if fmt else None
-        msgs = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+                  stop=[str(s) for s in (o.get("stop") or [])], seed=int(o.get("seed", 0)), max_tokens=n if n > 0 else None)
+        if fmt: self.grammar(fmt)
+        tokens = self.prompt_tokens(messages)
+        if len(tokens) >= self.n_ctx: raise ValueError(f"the prompt has {len(tokens)} tokens, the context window {self.n_ctx}")
         with self.lock:
-            self.llm.reset(); self.llm.set_seed(kw["seed"])
-            llama_cpp.llama_perf_context_reset(self.llm.ctx)
-            t0 = time.perf_counter_ns(); parts, reason = [], None
-            for ch in self.llm.create_chat_completion(messages=msgs, stream=True, grammar=grammar, **kw):
-                c = ch["choices"][0]; piece = c.get("delta", {}).get("content")
-                if piece:
-                    parts.append(piece)
-                    if on_piece is not None: on_piece(piece)
-                if c.get("finish_reason"): reason = c["finish_reason"]
+            t0 = time.perf_counter_ns()
+            if kw["temperature"] <= 0:
+                content, reason, st = self._greedy(tokens, fmt, kw, on_piece)
+            else:
+                content, reason, st = self._sampled(messages, fmt, kw, on_piece)
             total = time.perf_counter_ns() - t0
-            perf = llama_cpp.llama_perf_context(self.llm.ctx)
             load = self.load_ns if self._load_pending else 0
             self._load_pending = False
-        stats = dict(total_duration=total + load, load_duration=load, prompt_eval_count=int(perf.n_p_eval),
-                     prompt_eval_duration=int(perf.t_p_eval_ms * 1e6), eval_count=int(perf.n_eval),
-                     eval_duration=int(perf.t_eval_ms * 1e6))
-        return "".join(parts), ("length" if reason == "length" else "stop"), stats
+        return content, reason, dict(total_duration=total + load, load_duration=load, **st)
+
+    def _reuse_prefix(self, tokens) -> int:
+        "Keep the KV cache of the longest prefix `tokens` shares with what the model holds; at least the last token is evaluated."
+        llm = self.llm; m = min(llm.n_tokens, len(tokens) - 1); p = 0
+        if m > 0:
+            neq = np.flatnonzero(np.asarray(llm.input_ids[:m]) != np.asarray(tokens[:m]))
+            p = int(neq[0]) if len(neq) else m
+        llm.n_tokens = p
+        return p
+
+    def _grammar_argmax(self, gs, logits) -> int:
+        "The highest-logit token `gs` admits (the whole vocabulary checked); an end-of-generation token if none."
+        import llama_cpp
+        cand = np.empty(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        cand["id"] = np.arange(self.n_vocab); cand["logit"] = logits; cand["p"] = 0.0
+        arr = llama_cpp.llama_token_data_array(data=cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+                                               size=self.n_vocab, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(gs, ctypes.byref(arr))
+        lg = cand["logit"]; i = int(np.argmax(lg))
+        return int(cand["id"][i]) if np.isfinite(lg[i]) else min(self._eog)
+
+    def _greedy(self, tokens, fmt, kw, on_piece):
+        """Greedy decoding (temperature 0) with the grammar checked on the chosen token only, and the whole
+        vocabulary filtered only when the grammar refuses it: the same tokens as filtering first, without a
+        pass over the vocabulary per token. Reuses the KV cache of the shared prompt prefix, and for a flat
+        object schema (`_object_plan`) appends the text the grammar forces (keys, quotes, commas) without
+        decoding it token by token: it is evaluated in one batch with the next step."""
+        import codecs, llama_cpp
+        llm = self.llm
+        gs = self._grammar_sampler(fmt) if fmt else None
+        plan = _object_plan(fmt) if gs is not None else None
+        try:
+            t0 = time.perf_counter_ns()
+            cached = self._reuse_prefix(tokens)
+            pending = list(tokens[cached:])
+            out: list[int] = []; st = {"text": "", "sent": 0}; reason = "length"
+            dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            stops = kw["stop"]; hold = max((len(s) for s in stops), default=1) - 1
+            limit = kw["max_tokens"] or self.n_ctx; pen = kw["repeat_penalty"]
+            one = (llama_cpp.llama_token_data * 1)()
+            one_arr = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+
+            def admits(tok):
+                one[0].id, one[0].logit, one[0].p = tok, 1.0, 0.0
+                llama_cpp.llama_sampler_apply(gs, ctypes.byref(one_arr))
+                return math.isfinite(one[0].logit)
+
+            def take(tok) -> bool:      # append an admitted token; True when the answer is complete
+                if gs is not None: llama_cpp.llama_sampler_accept(gs, tok)
+                out.append(tok); st["text"] += dec.decode(llm.detokenize([tok])); text = st["text"]
+                cut = min((text.find(s) for s in stops if s in text), default=-1)
+                if cut >= 0: st["text"] = text = text[:cut]
+                done = cut >= 0 or (fmt is not None and text.endswith("}") and _complete_object(text))
+                safe = len(text) if done else len(text) - hold
+                if on_piece is not None and safe > st["sent"]: on_piece(text[st["sent"]:safe]); st["sent"] = safe
+                return done
+
+            def force() -> bool:        # the literal the schema forces next, as far as the grammar admits it
+                lit = _forced_literal(st["text"], plan) if plan else ""
+                for tok in (llm.tokenize(lit.encode(), add_bos=False, special=False) if lit else []):
+                    if len(out) >= limit or not admits(tok): break
+                    pending.append(tok)
+                    if take(tok): return True
+                return False
+
+            done = force(); t1 = None
+            while not done and len(out) < limit and llm.n_tokens + len(pending) < self.n_ctx:
+                llm.eval(pending); pending = []
+                if t1 is None: t1 = time.perf_counter_ns()
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+                if pen != 1.0 and out:      # llama.cpp's repeat penalty over the last 64 answer tokens
+                    logits = logits.copy(); seen = np.unique(out[-64:]); v = logits[seen]
+                    logits[seen] = np.where(v <= 0, v * pen, v / pen)
+                tok = int(np.argmax(logits))
+                if gs is not None and not admits(tok): tok = self._grammar_argmax(gs, logits)
+                if tok in self._eog: done = True; break
+                pending = [tok]
+                done = take(tok) or force()
+            if done: reason = "stop"
+            t2 = time.perf_counter_ns(); t1 = t1 or t2
+        finally:
+            if gs is not None: llama_cpp.llama_sampler_free(gs)
+        return st["text"], reason, dict(prompt_eval_count=len(tokens), prompt_cache_count=cached, prompt_eval_duration=t1 - t0,
+                                        eval_count=len(out), eval_duration=t2 - t1)
+
+    def _sampled(self, messages, fmt, kw, on_piece):
+        "Sampling (temperature > 0) through llama-cpp-python's own loop, which also reuses the prompt prefix."
+        import llama_cpp
+        msgs = [{"role": str(m["role"]), "content": str(m.get("content") or "")} for m in messages]
+        self.llm.set_seed(kw["seed"]); llama_cpp.llama_perf_context_reset(self.llm.ctx)
+        t0 = time.perf_counter_ns(); parts, reason = [], None
+        for ch in self.llm.create_chat_completion(messages=msgs, stream=True, grammar=self.grammar(fmt) if fmt else None, **kw):
+            c = ch["choices"][0]; piece = c.get("delta", {}).get("content")
+            if piece:
+                parts.append(piece)
+                if on_piece is not None: on_piece(piece)
+            if c.get("finish_reason"): reason = c["finish_reason"]
+        perf = llama_cpp.llama_perf_context(self.llm.ctx)
+        n = len(self.prompt_tokens(messages))
+        return "".join(parts), ("length" if reason == "length" else "stop"), dict(
+            prompt_eval_count=n, prompt_cache_count=max(0, n - int(perf.n_p_eval)), prompt_eval_duration=int(perf.t_p_eval_ms * 1e6),
+            eval_count=int(perf.n_eval), eval_duration=int(perf.t_eval_ms * 1e6))
+
+
+def _complete_object(text: str) -> bool:
+    "True when `text` is one whole JSON object (the grammar then admits nothing more but the end)."
+    try: return isinstance(json.loads(text), dict)
+    except ValueError: return False
+
+
+def _object_plan(fmt) -> list[tuple[str, bool]] | None:
+    """For a flat object schema whose every property is required (the grammar then spells the keys in order,
+    compactly): [(key, value is a string)]; None for anything else (no forced text is assumed)."""
+    if not isinstance(fmt, Mapping) or fmt.get("type") != "object": return None
+    props = fmt.get("properties") or {}
+    if not props or set(fmt.get("required") or ()) != set(props): return None
+    plan = []
+    for k, p in props.items():
+        t = p.get("type")
+        if t not in ("string", "number", "integer", "boolean") or "anyOf" in p or "$ref" in p or '"' in k or "\\" in k: return None
+        plan.append((k, t == "string"))
+    return plan
+
+def _forced_literal(text: str, plan: list[tuple[str, bool]]) -> str:
+    """The text the compact grammar of `plan` must produce after `text` (an answer's prefix): the rest of
+    `{"key":` or `,"key":` (with the opening quote of a string value) or the closing brace; "" inside a value."""
+    i, n = 0, len(plan)
+    for k in range(n + 1):
+        lit = ("}" if k == n else ("{" if k == 0 else ",") + json.dumps(plan[k][0]) + ":" + ('"' if plan[k][1] else ""))
+        rem = text[i:]
+        if len(rem) < len(lit): return lit[len(rem):] if lit.startswith(rem) else ""
+        if not rem.startswith(lit) or k == n: return ""
+        i += len(lit)
+        if plan[k][1]:                       # a string value: up to its unescaped closing quote
+            j, esc = i, False
+            while j < len(text) and (esc or text[j] != '"'): esc = (text[j] == "\\") and not esc; j += 1
+            if j >= len(text): return ""
+            i = j + 1
+        else:                                # a number or boolean: up to the comma or brace after it
+            j = i
+            while j < len(text) and text[j] not in ",}": j += 1
+            if j >= len(text): return ""
+            i = j
+    return ""
 
 # %% ../nbs/07_llm.ipynb #172ca450
 class _OllamaHandler(BaseHTTPRequestHandler):
@@ -720,14 +1009,35 @@ def cli_main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/07_llm.ipynb #047aacf8
 class LocalServer:
-    """`python -m ptrader.llm serve` in a subprocess. Use as a context manager; `url` is its address.
-    `start()` waits up to `startup_timeout` seconds for `/api/version`; raises `LLMError` (with the server's
-    stderr) if it exits or does not answer."""
+    """`python -m ptrader.llm serve` in a subprocess. Use as a context manager; `url` is its address (fixed at
+    construction). `start()` waits up to `startup_timeout` seconds for `/api/version`; raises `LLMError` (with
+    the server's stderr) if it exits or does not answer. With `lazy=True` the context manager starts nothing:
+    `ensure()` starts the server the first time something needs it, and `identity()` gives the (version, digest)
+    the server will report without starting it; `client(...)` wires both into an `OllamaClient`, so a run
+    answered wholly from the cache never loads the model."""
     def __init__(self, model: str | None = None, port: int | None = None, *, startup_timeout: float = 180.0,
-                 threads: int | None = None):
+                 threads: int | None = None, lazy: bool = False):
         self.model, self.port, self.startup_timeout, self.threads = model, port or free_port(), startup_timeout, threads
+        self.lazy = bool(lazy)
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0                       # how many times a server process was started
+        self._lock = threading.Lock(); self._ident: tuple[str, str] | None = None
+
+    @property
+    def running(self) -> bool: return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def model_name(self) -> str:
+        "The name the server serves the model under (`resolve_model`)."
+        return resolve_model(self.model)[1]
+
+    def identity(self) -> tuple[str, str]:
+        "(server version, model digest) as the server will report them, computed here without starting it."
+        if self._ident is None:
+            path, _ = resolve_model(self.model)
+            self._ident = (local_server_version(), file_digest(path))
+        return self._ident
 
     def start(self) -> "LocalServer":
         import tempfile, httpx
@@ -736,7 +1046,7 @@ class LocalServer:
         if self.model: cmd += ["--model", self.model]
         if self.threads: cmd += ["--threads", str(self.threads)]
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env); self.starts += 1
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None: break
@@ -748,6 +1058,18 @@ class LocalServer:
         self._log.seek(0); err = self._log.read().decode(errors="replace")[-2000:]
         raise LLMError(f"ptrader llm serve on port {self.port} did not come up: {err}")
 
+    def ensure(self) -> "LocalServer":
+        "Start the server unless it runs (thread-safe). Raises `LLMError` as `start()` does."
+        with self._lock:
+            if not self.running: self.start()
+        return self
+
+    def client(self, **kw) -> "OllamaClient":
+        """An `OllamaClient` for this server's model at `url` with `identity=self.identity()` and
+        `ensure_server=self.ensure` (keywords go to `OllamaClient`; `mode` defaults to "auto" with a cache)."""
+        kw.setdefault("mode", "auto" if kw.get("cache") is not None else "off")
+        return OllamaClient(self.model_name, self.url, identity=self.identity(), ensure_server=self.ensure, **kw)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -755,7 +1077,7 @@ class LocalServer:
             except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
         self.proc = None
 
-    def __enter__(self): return self.start()
+    def __enter__(self): return self if self.lazy else self.start()
     def __exit__(self, *a): self.stop()
 
 # %% ../nbs/07_llm.ipynb #941609ec

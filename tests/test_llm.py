@@ -216,3 +216,61 @@ def test_stats_latency_percentiles(data, tmp_path):
     assert st["live"] == 5 and 0.05 <= st["latency_p50_s"] <= st["latency_p95_s"] < 2
     assert st["prompt_tokens"] == 200 and st["eval_tokens"] == 60 and st["tokens_per_s"] == pytest.approx(12_000)
     assert run.decisions["latency_s"].between(0.05, 2).all()
+
+
+class Starter:
+    "An `ensure_server` hook that starts a FakeOllama on first use and counts its calls (what `LocalServer.ensure` does)."
+    def __init__(self, srv, fail=False): self.srv, self.fail, self.calls = srv, fail, 0
+    def __call__(self):
+        self.calls += 1
+        if self.fail: raise RuntimeError("no model here")
+        if not self.srv.thread.is_alive(): self.srv.thread.start()
+
+
+def test_fully_cached_rerun_never_starts_or_asks_the_server(data, tmp_path):
+    cache = tmp_path / "c.duckdb"
+    with FakeOllama("ok") as srv:
+        _, live = _run(OllamaClient("fake:1", srv.url, timeout=5, cache=cache), data, n=3)
+    # reruns: the server is gone; mode auto with the identity given (as LocalServer.identity() gives it) or remembered
+    for k, ident in enumerate((("0.9.9-fake", "sha256:fake:1"), None)):
+        late = FakeOllama("ok"); hook = Starter(late)
+        client = OllamaClient("fake:1", late.url, timeout=5, cache=cache, mode="auto", identity=ident, ensure_server=hook)
+        agent, again = _run(client, data, n=3)
+        assert hook.calls == 0 and late.hits == {} and again.decisions["cached"].all()
+        assert list(again.decisions["raw"]) == list(live.decisions["raw"])
+        st = client.stats()
+        assert st["load_s"] == 0 and st["live"] == 0
+        # the recorded latency travels with the cached answer, model load excluded
+        rec = [c.recorded_latency_s for c in client.calls]
+        assert all(r is not None and r > 0 for r in rec)
+        assert st["request_latency_p50_s"] == pytest.approx(float(pd.Series(rec).median()) - 123e-6, rel=1e-6)
+        assert st["tokens_per_call"] == 260 and (again.decisions["total_tokens"] == 260).all()
+        # one decision more is a miss: the hook starts the server once, the identity is confirmed, the answer stored
+        agent2, more = _run(client, data, n=4 + k)
+        assert hook.calls == 1 and late.hits["/api/chat"] == 1 and late.hits["/api/version"] == 1
+        assert list(more.decisions["cached"]) == [True] * (3 + k) + [False]
+        late.stop()
+
+
+def test_wrong_assumed_identity_is_corrected_by_the_server(tmp_path):
+    msgs = [{"role": "user", "content": "x"}]
+    with FakeOllama("ok") as srv:
+        c = OllamaClient("fake:1", srv.url, cache=tmp_path / "c.duckdb", mode="auto", identity=("1.0", "sha256:other"))
+        r = c.chat(msgs, None, "v1")
+        assert r.ok and not r.cached and c.identity() == ("0.9.9-fake", "sha256:fake:1")
+        from ptrader.llm import cache_key
+        assert r.key == cache_key("0.9.9-fake", "sha256:fake:1", "v1", msgs, None, c.options)
+        assert c.chat(msgs, None, "v1").cached and srv.hits["/api/chat"] == 1
+
+
+def test_a_server_that_does_not_start_is_tried_once(data, tmp_path):
+    dead = FakeOllama("ok"); hook = Starter(dead, fail=True)
+    client = OllamaClient("fake:1", dead.url, timeout=1, retries=1, backoff=0.01, cache=tmp_path / "c.duckdb", mode="auto",
+                          identity=("0.9.9-fake", "sha256:fake:1"), ensure_server=hook)
+    agent, run = _run(client, data, n=3)
+    assert hook.calls == 1 and (run.decisions["failure_kind"] == "connection").all() and len(run.broker.orders) == 0
+    assert run.decisions["failure"].str.contains("starting the server failed").all()
+    assert not client.health().reachable and hook.calls == 1
+    with pytest.raises(ValueError): OllamaClient("fake:1", dead.url, mode="auto")             # auto needs a cache
+    with pytest.raises(ValueError): OllamaClient("fake:1", dead.url, identity=("only-one",))
+    dead.httpd.server_close()
