@@ -17,7 +17,7 @@ pytest.importorskip("llama_cpp")
 import ollama
 
 from ptrader.agents import LLM_FIELDS, PARSE_FAILURES, Decision, MarketData, OllamaAgent, run_agent, synthetic_bars
-from ptrader.llm import DEFAULT_MODEL, OllamaClient, bundled_model_path, file_digest, free_port
+from ptrader.llm import DEFAULT_MODEL, LocalServer, OllamaClient, ResponseCache, bundled_model_path, file_digest, free_port
 
 pytestmark = pytest.mark.llm
 
@@ -118,6 +118,55 @@ def test_agent_shape_cache_and_replay_without_server(tmp_path):
             "failure", "accepted", "raw", "llm_key"]
     assert replay.decisions[cols].equals(live.decisions[cols]) and replay.decisions["cached"].all()
     assert again.decisions[cols].equals(live.decisions[cols])
+
+
+def test_prompt_prefix_reuse_keeps_answers_identical(server):
+    """The server keeps the KV cache of the longest shared prefix: a second prompt with the same system message
+    evaluates only its own tail, and a request answers the same whatever was evaluated before it."""
+    sys_msg = {"role": "system", "content": "You are a terse assistant. Answer with one JSON object holding a word and a digit."}
+    schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 20}, "n": {"type": "integer", "minimum": 0,
+              "maximum": 9}}, "required": ["word", "n"]}
+    def ask(q):
+        r = httpx.post(server.url + "/api/chat", timeout=300, json={"model": DEFAULT_MODEL, "stream": False, "format": schema,
+                       "options": {"temperature": 0, "num_predict": 40}, "messages": [sys_msg, {"role": "user", "content": q}]})
+        assert r.status_code == 200; return r.json()
+    x1, y, x2 = ask("The colour of the sky?"), ask("How many legs has a cat?"), ask("The colour of the sky?")
+    assert x2["message"]["content"] == x1["message"]["content"]
+    assert y["prompt_cache_count"] >= 20 and x2["prompt_cache_count"] >= 20          # the system message, not evaluated again
+    assert x2["prompt_eval_count"] == x1["prompt_eval_count"] > x2["prompt_cache_count"]   # the whole prompt is counted
+    for r in (y, x2):
+        assert r["load_duration"] == 0 and r["total_duration"] >= r["prompt_eval_duration"] + r["eval_duration"]
+    obj = json.loads(x1["message"]["content"]); assert set(obj) == {"word", "n"} and 0 <= obj["n"] <= 9
+
+
+def test_lazy_local_server_and_a_fully_cached_rerun_without_model_load(tmp_path):
+    """`LocalServer(lazy=True).client(cache=...)`: the first run starts the server at its first miss (once) and
+    every decision of the bundled model is valid; a rerun answered wholly from the cache starts no server and
+    gives the same decisions, with the recorded latencies (model load excluded)."""
+    cache = tmp_path / "llm.duckdb"
+    md = MarketData(synthetic_bars(300, seed=7), "TEST", min_history=200)
+    with LocalServer(lazy=True) as srv:
+        assert srv.starts == 0 and not srv.running
+        agent = OllamaAgent(srv.client(cache=cache, timeout=300, retries=0))
+        live = run_agent(agent, md, start=250, end=252)
+        assert srv.starts == 1
+        ident = srv.identity()
+    st = agent.stats()
+    assert st["failures"] == {} and st["parse_failure_rate"] == 0 and live.decisions["failure"].isna().all()
+    assert st["client"]["load_s"] > 0 and st["client"]["live"] == 3                  # the load is reported once, apart
+    assert (live.decisions["load_duration_ns"].fillna(0) > 0).sum() == 1
+    with ResponseCache(cache) as c: assert c.identity(DEFAULT_MODEL) == ident           # the server confirmed the identity
+    t0 = time.perf_counter()
+    with LocalServer(lazy=True) as srv2:
+        agent2 = OllamaAgent(srv2.client(cache=cache, timeout=300, retries=0))
+        again = run_agent(agent2, md, start=250, end=252)
+        assert srv2.starts == 0 and not srv2.running                                # no server, no model load
+    assert time.perf_counter() - t0 < 10
+    cols = ["ts", "action", "confidence", "stop_loss", "take_profit", "risk_level", "risk_score", "horizon", "rationale",
+            "failure", "raw", "llm_key", "request_latency_s", "total_tokens"]
+    assert again.decisions["cached"].all() and again.decisions[cols].equals(live.decisions[cols])
+    st2 = agent2.stats()["client"]
+    assert st2["load_s"] == 0 and st2["request_latency_p50_s"] == pytest.approx(st["client"]["request_latency_p50_s"])
 
 
 @pytest.mark.slow
