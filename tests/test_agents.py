@@ -157,3 +157,41 @@ def test_vol_target_agent_scales_with_garch_vol(sp500):
     assert d["target_fraction"].iloc[0] == pytest.approx(min(1.0, 0.10 / sig), rel=1e-6)
     # position value follows the target fraction (rebalanced within the band)
     assert len(run.broker.fills()) >= 2
+
+
+class _Approve:
+    "A validator that accepts every decision."
+    def __call__(self, d, view):
+        from types import SimpleNamespace
+        return SimpleNamespace(accepted=True, layer="all", reason=None)
+
+
+class _AsksForbidden:
+    "Buys at its first decision asking to override the limits, asks (on a HOLD) to bypass the risk check at its third."
+    name = "asks_forbidden"
+    def __init__(self): self.n = 0
+    def decide(self, view):
+        self.n += 1
+        if self.n == 1: return Decision(action="BUY", confidence=0.6, target_fraction=0.2, symbol=view.symbol, flags=("override_limits",))
+        return Decision(action="HOLD", confidence=0.5, symbol=view.symbol, flags=("bypass_risk_check",) if self.n == 3 else ())
+
+
+def test_flags_column_feeds_the_compliance_forbidden_decision_check(tmp_path):
+    from ptrader.audit import AuditTrail, agent_run_entries
+    from ptrader.compliance import PRESETS, ComplianceMonitor
+    policy = PRESETS["conservative"]
+    data = MarketData(synthetic_bars(80, seed=3), "SYN", min_history=30)
+    run = run_agent(_AsksForbidden(), data, start=40, end=50, validator=_Approve(),
+                    broker=PaperBroker(["SYN"], 100_000.0, limits=policy.risk_limits()))
+    d = run.decisions
+    assert list(d["flags"].iloc[:3]) == [["override_limits"], [], ["bypass_risk_check"]] and len(run.broker.fills()) >= 1
+    trail = AuditTrail(tmp_path / "a.duckdb"); trail.record_many(agent_run_entries(run, run_id="r"))
+    issues = {(i.type, i.severity) for i in ComplianceMonitor(policy, trail).analyze_period().issues}
+    assert ("forbidden_decision_executed", "CRITICAL") in issues          # the flagged BUY filled
+    assert ("forbidden_decision_requested", "WARNING") in issues          # the flagged HOLD ordered nothing
+    # without the flags the same decisions raise neither
+    clean = run.decisions.assign(flags=[[] for _ in range(len(d))])
+    from ptrader.agents import AgentRun
+    trail2 = AuditTrail(tmp_path / "b.duckdb"); trail2.record_many(agent_run_entries(AgentRun(clean, run.broker, run.params, 0.0), run_id="r"))
+    types = {i.type for i in ComplianceMonitor(policy, trail2).analyze_period().issues}
+    assert not types & {"forbidden_decision_executed", "forbidden_decision_requested"}
