@@ -45,7 +45,8 @@ __all__ = ['log', 'FORECAST_WINDOW', 'FORECAST_H', 'TEMPLATES_ENV', 'RUNS_FILE',
            'list_templates', 'find_template', 'template_model', 'parse_value', 'one_line', 'parse_params', 'runs_path',
            'keep_runs', 'run_table', 'record_run', 'apply_retention', 'runs', 'write_index', 'provenance', 'run_report',
            'cron_trigger', 'catch_up', 'add_schedule', 'schedules', 'remove_schedule', 'ptrader_executable',
-           'param_args', 'crontab_lines', 'prepare_run', 'ReportScheduler', 'cli_main', 'scheduler_main']
+           'param_args', 'crontab_lines', 'prepare_run', 'ReportScheduler', 'report_parser', 'cli_main',
+           'scheduler_parser', 'scheduler_main']
 
 # %% ../nbs/09_reports.ipynb #b1a6870a
 class ValidationParams(BaseModel):
@@ -283,7 +284,7 @@ def report_name(template: str, # template name
     label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
     return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
 
-# %% ../nbs/09_reports.ipynb #65c8836a
+# %% ../nbs/09_reports.ipynb #9de48e0b
 TEMPLATES_ENV = "PTRADER_TEMPLATES"  # extra template folders, separated by os.pathsep, searched after nbs/reports
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
@@ -314,7 +315,7 @@ def find_template(name: str) -> Path:
     raise FileNotFoundError(f"{missing}; ${TEMPLATES_ENV}: {', '.join(map(str, template_dirs())) or 'not set'}; "
                             f"known templates: {', '.join(list_templates()) or 'none'}")
 
-# %% ../nbs/09_reports.ipynb #49a3f46e
+# %% ../nbs/09_reports.ipynb #427a4195
 _LITERAL_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict, tuple: list}
 
 def _cell_defaults(path: Path) -> dict[str, tuple[typing.Any, typing.Any]]:
@@ -366,7 +367,7 @@ def parse_value(text: str, # the text after `key=` on the command line
                ):
     """The value of `-p key=TEXT` for a field of type `annotation`, before pydantic checks it: `null` / `None` is
     None where the field admits None; a field that admits str takes TEXT as it is; a list field takes a JSON list
-    (`["SP500","WTI"]`) or comma-separated items (`SP500,WTI`, each item read as below); anything else is read as
+    (`["SP500","WTI"]`) or comma-separated items (`SP500,WTI`, `5`: each item read as below); anything else is read as
     JSON (`3`, `1.5`, `true`, `{"a": 1}`), then as a Python literal (`True`), else left as text for pydantic
     to refuse by name."""
     def literal(s):
@@ -376,9 +377,10 @@ def parse_value(text: str, # the text after `key=` on the command line
         return s
     if text.strip() in ("null", "None") and (annotation is typing.Any or _accepts(annotation, type(None))): return None
     if annotation is not typing.Any and _accepts(annotation, str): return text
-    if _accepts(annotation, list) and not text.lstrip().startswith("["):
+    v = literal(text)
+    if _accepts(annotation, list) and not isinstance(v, (list, dict)):  # `SP500,WTI`, `5`
         return [literal(s.strip()) for s in text.split(",") if s.strip()]
-    return literal(text)
+    return v
 
 def one_line(e: ValidationError) -> str:
     "A pydantic `ValidationError` as one line naming each parameter: `parameter 'seed': Input should be ... (got 'x')`."
@@ -409,7 +411,7 @@ def parse_params(template: str, # template name (see `find_template`)
     try: return model(**values)
     except ValidationError as e: raise ValueError(f"template {template!r}: {one_line(e)}") from None
 
-# %% ../nbs/09_reports.ipynb #50a2565c
+# %% ../nbs/09_reports.ipynb #6ec27d86
 RUNS_FILE = "runs.duckdb"  # the run table's file, inside the reports folder
 DEFAULT_KEEP = 20  # runs kept per template (`keep_runs`)
 KEEP_ENV = "PTRADER_REPORTS_KEEP"
@@ -497,7 +499,7 @@ def _import_records(con, out: Path) -> None:
         if isinstance(r, dict) and "name" in r and "parameters" in r and f.name == f"{r['name']}.json":
             con.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(r))
 
-# %% ../nbs/09_reports.ipynb #ea96c2a5
+# %% ../nbs/09_reports.ipynb #1b598359
 _PRUNE_SQL = """
 SELECT name, ipynb, html, record, result FROM (
     SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
@@ -563,7 +565,7 @@ def runs(out_dir: Path | str | None = None, # the reports folder (default `repor
     for c in _JSON_COLUMNS: df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
     return df
 
-# %% ../nbs/09_reports.ipynb #5d406ff2
+# %% ../nbs/09_reports.ipynb #bb2001dd
 _FILTER_JS = """<script>
 (function () {  // show only the rows of the chosen template and status (ptrader.reports.write_index)
   var t = document.getElementById("f-template"), s = document.getElementById("f-status"), n = document.getElementById("shown");
@@ -625,7 +627,7 @@ def write_index(out_dir: Path | str | None = None) -> Path:
     os.replace(tmp, idx)
     return idx
 
-# %% ../nbs/09_reports.ipynb #25b1b381
+# %% ../nbs/09_reports.ipynb #c78acc7d
 def provenance(params: dict, # the parameters the run is given (after the runner filled in db_path, audit_db, ...)
                declared: set[str], # the names the template's parameters cell declares (`template_parameters`)
                db_path: Path | str | None = None, # the warehouse (default `warehouse_path()`)
@@ -659,7 +661,7 @@ def provenance(params: dict, # the parameters the run is given (after the runner
         except Exception as e: out["audit_trail"] = {"path": str(trail), "error": f"{type(e).__name__}: {e}"}
     return out
 
-# %% ../nbs/09_reports.ipynb #b9c4b53b
+# %% ../nbs/09_reports.ipynb #f2edec0b
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
                params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
@@ -746,7 +748,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     log.info("report written: %s (%.1f s)", html_path, seconds)
     return run
 
-# %% ../nbs/09_reports.ipynb #a03e0fbb
+# %% ../nbs/09_reports.ipynb #577e9f96
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 def _cron_weekdays(field: str) -> str:
@@ -807,7 +809,7 @@ def catch_up(expr: str, # the schedule's cron expression
         t = trig.get_next_fire_time(None, t + dt.timedelta(microseconds=1))
     return newest
 
-# %% ../nbs/09_reports.ipynb #46723cda
+# %% ../nbs/09_reports.ipynb #8a8a8245
 def add_schedule(template: str, # template name (see `find_template`)
                  cron: str, # crontab expression (see `cron_trigger`)
                  params: BaseModel | None = None, # validated parameters (`parse_params`); None: the template's defaults
@@ -885,7 +887,7 @@ def crontab_lines(out_dir: Path | str | None = None, # the reports folder holdin
         lines.append(f"{s.cron} " + " ".join(shlex.quote(a) for a in args).replace("%", "\\%") + f"  # schedule {s.id}")
     return lines
 
-# %% ../nbs/09_reports.ipynb #7de454d5
+# %% ../nbs/09_reports.ipynb #0a8526de
 def prepare_run(template: str, params: BaseModel, db_path: Path | str | None = None) -> Path:
     """What a run needs before Papermill starts; returns the warehouse path. The validation report ingests missing
     bundled symbols and checks its date range (`prepare_warehouse`); the compliance report needs its audit trail
@@ -938,6 +940,7 @@ class ReportScheduler:
         self._gates: dict[int, threading.Lock] = {}
         self._lock = threading.Lock()
         self._sched = None
+        self._stopping = False
 
     def sync(self) -> None:
         "Add the jobs of new or changed schedules (with the missed-run rule) and drop those of removed ones."
@@ -1013,6 +1016,7 @@ class ReportScheduler:
         return "failed", name
 
     def _stop(self) -> None:
+        self._stopping = True
         with contextlib.suppress(Exception): self._sched.shutdown(wait=False)
 
     def run(self) -> list[tuple[int, str, str]]:
@@ -1023,15 +1027,22 @@ class ReportScheduler:
         self._sched = BlockingScheduler(timezone=self.tz)
         self.sync()
         self._sched.add_job(self.sync, "interval", seconds=self.reload_s, id="reload", coalesce=True, max_instances=1)
-        if self.until is not None:
-            self._sched.add_job(self._stop, "date", run_date=self.until, id="until", misfire_grace_time=None)
+        timer = threading.Timer(0, lambda: None)
+        if self.until is not None:  # a timer, not a job: the scheduler's loop must not race its own shutdown; started
+            def arm():              # once the scheduler runs, so that an early stop cannot come before the start
+                timer.interval = max((self.until - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0); timer.start()
+            timer = threading.Timer(0, self._stop); timer.daemon = True
+            self._sched.add_job(arm, "date", run_date=now, id="until", misfire_grace_time=None)
         log.info("scheduler: %d schedule(s) from %s; until %s, at most %s run(s)", len(self._loaded), runs_path(self.out),
                  self.until or "stopped", self.max_runs or "any number of")
         try: self._sched.start()
         except (KeyboardInterrupt, SystemExit): self._stop()
+        except Exception:
+            if not self._stopping: raise  # APScheduler's loop may trip on a job removed by the shutdown
+        finally: timer.cancel()
         return self.runs
 
-# %% ../nbs/09_reports.ipynb #124e6e12
+# %% ../nbs/09_reports.ipynb #4468412f
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # as `ptrader.cli`
 _EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the failing cell are recorded); 2 bad input (named on stderr); "
            "75 the warehouse is being written by another process (validation ingesting bundled data)")
@@ -1039,7 +1050,8 @@ _EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the faili
 def _out_arg(p):
     p.add_argument("--out", type=Path, default=None, help="reports folder: runs, index.html, the run table and the schedules (default $PTRADER_REPORTS or reports/)")
 
-def _report_parser() -> argparse.ArgumentParser:
+def report_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptrader report` (`cli_main`)."
     ap = argparse.ArgumentParser(prog="ptrader report", epilog=_EPILOG,
                                  description="Run any report template of nbs/reports (or $PTRADER_TEMPLATES) with checked parameters, "
                                              "list recorded runs, and store schedules for `ptrader scheduler run` or cron.")
@@ -1138,9 +1150,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     `report schedule --print-crontab`, `report unschedule ID` (`argv` without the word `report`). Returns the exit
     code: 0 done, 1 the run failed, 2 bad input (unknown template or parameter, wrong type, bad cron), each named
     in one line on stderr before anything runs."""
-    return _guarded("ptrader report", _report_parser(), argv, _report_cmd)
+    return _guarded("ptrader report", report_parser(), argv, _report_cmd)
 
-def _scheduler_parser() -> argparse.ArgumentParser:
+def scheduler_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptrader scheduler` (`scheduler_main`)."
     ap = argparse.ArgumentParser(prog="ptrader scheduler", epilog="exit codes: 0 stopped (--max-runs, --until or Ctrl-C; failed runs are "
                                  "recorded and alerted, not an exit code); 2 bad input",
                                  description="Run the schedules stored by `ptrader report schedule` in the foreground (APScheduler).")
@@ -1180,4 +1193,4 @@ def _scheduler_cmd(a) -> int:
 def scheduler_main(argv: list[str] | None = None) -> int:
     """`ptrader scheduler run [--max-runs N] [--until ISO] [--tz TZ] [--grace S] [--alerts-file F] [--out DIR]`
     (`argv` without the word `scheduler`): `ReportScheduler(...).run()`. Returns 0 once stopped, 2 for bad input."""
-    return _guarded("ptrader scheduler", _scheduler_parser(), argv, _scheduler_cmd)
+    return _guarded("ptrader scheduler", scheduler_parser(), argv, _scheduler_cmd)
