@@ -272,9 +272,9 @@ def series_weights(N: int, L: int) -> np.ndarray:
     ----------
     Golyandina, Nekrutkin & Zhigljavsky (2001), Sect. 1.6 (w-correlation).
     """
-    n = np.arange(N)
-    K = N - L + 1
-    return np.minimum.reduce([n + 1, np.full(N, L), np.full(N, K), N - n]).astype(np.float64)
+    n = np.arange(1.0, N + 1.0)                        # n + 1
+    w = np.minimum(n, n[::-1])                          # min(n + 1, N - n)
+    return np.minimum(w, min(L, N - L + 1), out=w)
 
 
 @njit(cache=True)
@@ -314,7 +314,7 @@ class SVDResult:
     diagnostics : dict
         ``products`` (operator products X v plus X^T u, counted per vector; ``n_matvec``/``n_rmatvec`` separately),
         ``residuals`` (r,) -- per triple ``max(||X v - s u||, ||X^T u - s v||) / s_1`` (None for the direct methods),
-        ``residual_kind`` ("explicit": computed with 2r extra products; "recurrence": read off the Lanczos
+        ``residual_kind`` ("explicit": computed with r or 2r extra products; "recurrence": read off the Lanczos
         recurrence), ``tol``, ``converged``, method-specific counts (``steps``, ``restarts``, ``power_iterations``),
         and for ``method="auto"`` the ``reason`` for the choice and ``tried``: one dict per method attempted
         (``method``, ``converged``, ``residual``, ``products``, ``error``).
@@ -329,23 +329,28 @@ class SVDResult:
         return iter((self.U, self.s, self.V, self.method))
 
 
-def _explicit_residuals(op, U, s, V) -> np.ndarray:
-    "Per triple ``max(||X v - s u||, ||X^T u - s v||) / s_1``, with 2r batched products."
-    XV = op.matmat_rows(V.T)
-    XtU = op.rmatmat_rows(U.T)
-    res = np.maximum(np.linalg.norm(XV - (U * s).T, axis=1), np.linalg.norm(XtU - (V * s).T, axis=1))
+def _explicit_residuals(op, U, s, V, sides: str = "both") -> np.ndarray:
+    """Per triple ``max(||X v - s u||, ||X^T u - s v||) / s_1``, with 2r batched products (r with `sides` "xv" or
+    "xtu": only ``||X v - s u||`` or ``||X^T u - s v||``, for a method whose triples satisfy the other one by
+    construction, to rounding)."""
+    res = np.zeros(s.size)
+    if sides in ("both", "xv"):
+        res = np.linalg.norm(op.matmat_rows(V.T) - (U * s).T, axis=1)
+    if sides in ("both", "xtu"):
+        res = np.maximum(res, np.linalg.norm(op.rmatmat_rows(U.T) - (V * s).T, axis=1))
     return res / s[0] if s[0] > 0 else res
 
 # %% ../nbs/03_ssa.ipynb #a1c0ff02
-def _orth_rows(W, floor: float, rng, against=()):
+def _orth_rows(W, floor: float, rng, against=(), out=None):
     """Orthonormal rows Q (b, n) and A (b, b) with ``W = A^T Q`` (SVQB twice: eigendecomposition of the Gram matrix).
 
     Directions of W with norm <= `floor` are dropped (their row of A is zero) and replaced by random directions
-    orthogonal to every block in `against` and to the kept rows, so Q always has b orthonormal rows."""
+    orthogonal to every block in `against` and to the kept rows, so Q always has b orthonormal rows. With `out`
+    (b, n), Q is written there (the Lanczos bases store each new block in place, no temporary copy)."""
     if W.shape[0] == 1:                                 # one vector: a norm
         nrm = float(np.sqrt(W[0] @ W[0]))
         if nrm > floor:
-            return W / nrm, np.array([[nrm]])
+            return np.multiply(W, 1.0 / nrm, out=out), np.array([[nrm]])
     lam, E = np.linalg.eigh(W @ W.T)
     d = np.sqrt(np.maximum(lam, 0.0))
     ok = d > max(floor, 1e-14 * d[-1])
@@ -363,6 +368,9 @@ def _orth_rows(W, floor: float, rng, against=()):
             for B in (*against, Q):
                 Z -= (Z @ B.T) @ B
         Q = np.vstack([Q, np.linalg.qr(Z.T)[0].T])
+    if out is not None:
+        out[...] = Q
+        return out, A
     return np.ascontiguousarray(Q), A
 
 
@@ -402,22 +410,22 @@ def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = Non
         raise ValueError(f"ncv: irlba needs r + block_size <= ncv <= min(L, K) - block_size; got ncv={ncv} for "
                          f"rank {r}, block size {b}, min(L, K)={min(L, KM)}")
     keep = max(r + b, (ncv + r) // 2)
+    # bases as rows; the next block V_{j+1} is written straight into Vb[m:m+b] (Vb has room for ncv + b rows)
     Vb, Ub, C = np.empty((ncv + b, KM)), np.empty((ncv + b, L)), np.zeros((ncv + b, ncv + b))
-    Vn, _ = _orth_rows(rng.standard_normal((b, KM)), 0.0, rng)
+    _orth_rows(rng.standard_normal((b, KM)), 0.0, rng, out=Vb[:b])
     m, ulo, s1, restarts, steps = 0, 0, 0.0, 0, 0
     while True:
-        W = op.matmat_rows(Vn)                                    # X Vn, (b, L)
+        W = op.matmat_rows(Vb[m:m + b])                           # X V_j, (b, L)
         H = np.zeros((m, b))
         _reorth(W, Ub, ulo, m, H)
-        Uj, A = _orth_rows(W, 1e-15 * s1, rng, (Ub[:m],))
+        _, A = _orth_rows(W, 1e-15 * s1, rng, (Ub[:m],), out=Ub[m:m + b])
         C[:m, m:m + b], C[m:m + b, :m], C[m:m + b, m:m + b] = H, 0.0, A
-        Vb[m:m + b], Ub[m:m + b] = Vn, Uj
         ulo, m = m, m + b
-        Z = op.rmatmat_rows(Uj)                                   # X^T U_j, (b, KM)
+        Z = op.rmatmat_rows(Ub[ulo:m])                            # X^T U_j, (b, KM)
         _reorth(Z, Vb, ulo, m, None)
         P, s, Qt = np.linalg.svd(C[:m, :m])
         s1 = s[0]
-        Vn, Az = _orth_rows(Z, 1e-15 * s1, rng, (Vb[:m],))
+        _, Az = _orth_rows(Z, 1e-15 * s1, rng, (Vb[:m],), out=Vb[m:m + b])
         steps += 1
         res = np.linalg.norm(Az @ P[ulo:m, :r], axis=0)
         converged = res.max() <= tol * s1
@@ -425,7 +433,9 @@ def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = Non
             break
         if m + b > ncv:                                            # thick restart on the leading Ritz vectors
             restarts += 1
-            Vb[:keep], Ub[:keep] = Qt[:keep] @ Vb[:m], P[:, :keep].T @ Ub[:m]
+            Vk, Uk = Qt[:keep] @ Vb[:m], P[:, :keep].T @ Ub[:m]
+            Vb[keep:keep + b] = Vb[m:m + b]                        # the next block follows the kept Ritz vectors
+            Vb[:keep], Ub[:keep] = Vk, Uk
             C[:] = 0.0
             C[:keep, :keep] = np.diag(s[:keep])
             m, ulo = keep, 0
@@ -451,7 +461,13 @@ def _svd_rows(B):
 def _svd_randomized(op, r: int, *, tol: float, n_oversamples: int = 10, n_iter: int = 2, max_iter: int | None = None,
                     seed: int = 0):
     """Randomized SVD: the range finder with `n_iter` power iterations (Halko, Martinsson & Tropp 2011, Alg. 4.4,
-    re-orthonormalized after every product), then the direct SVD of ``B = Q^T X`` (their Alg. 5.1).
+    re-orthonormalized after every ``X X^T`` step), then the direct SVD of ``B = Q^T X`` (their Alg. 5.1).
+
+    Alg. 4.4 orthonormalizes after each of the two products of a power step; one Householder QR per step suffices when
+    ``tol >= sqrt(eps)`` (the default 1e-7): a component at ``s_k`` then enters the QR at ``(s_k / s_1)^2`` of the block,
+    so its direction is kept to about ``eps (s_1 / s_k)^2``, a residual of ``eps s_1^2 / s_k <= (eps / tol) s_1 <= tol
+    s_1`` for every component above the tolerance floor ``tol s_1`` (those below it meet `tol` whatever their
+    direction). A tighter `tol` orthonormalizes after every product, as in Alg. 4.4.
 
     The Ritz triples satisfy ``X^T u = s v`` exactly; ``||X v - s u||`` is computed (r products) and recorded. While it
     is above ``tol * s_1`` and fewer than `max_iter` power iterations have been done (default: exactly `n_iter`, the
@@ -461,8 +477,10 @@ def _svd_randomized(op, r: int, *, tol: float, n_oversamples: int = 10, n_iter: 
     ell = min(r + n_oversamples, L, KM)
     max_iter = n_iter if max_iter is None else max(int(max_iter), n_iter)
     Q = _qr_rows(op.matmat_rows(np.random.default_rng(seed).standard_normal((ell, KM))))
+    every = tol < math.sqrt(np.finfo(np.float64).eps)
     for _ in range(n_iter):
-        Q = _qr_rows(op.matmat_rows(_qr_rows(op.rmatmat_rows(Q))))
+        Y = op.rmatmat_rows(Q)                                    # X^T Q, (ell, KM)
+        Q = _qr_rows(op.matmat_rows(_qr_rows(Y) if every else Y))
     it = n_iter
     while True:
         B = op.rmatmat_rows(Q)                                    # Q^T X, (ell, KM)
@@ -482,11 +500,15 @@ def _svd_randomized(op, r: int, *, tol: float, n_oversamples: int = 10, n_iter: 
 # %% ../nbs/03_ssa.ipynb #a1c0ff08
 def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | None = None,
                max_iter: int | None = None):
-    """ARPACK ("lanczos") or PROPACK through `scipy.sparse.linalg.svds`, then the explicit residuals (2r products).
+    """ARPACK ("lanczos") or PROPACK through `scipy.sparse.linalg.svds`, then the explicit residuals (2r products for
+    PROPACK, r for ARPACK, whose triples meet one of the two equations by construction).
 
-    ARPACK runs implicitly restarted Lanczos on the normal matrix and stops when ``||X^T X v - t v|| <= tol * t``
-    (svds squares its `tol`, so ``sqrt(tol)`` is passed); since the SVD residual is ``||X^T X v - t v|| / s``, that is
-    at most ``tol * s_k <= tol * s_1``. `ncv` Lanczos vectors (default ``max(2r + 6, 16)``), `max_iter` restarts.
+    ARPACK runs implicitly restarted Lanczos on the normal matrix and stops when ``||X^T X v - t v|| <= tol_a * t``
+    (svds squares its `tol`, so ``sqrt(tol_a)`` is passed); the SVD residual is ``||X^T X v - t v|| / s <= tol_a * s_k``,
+    and ``tol * s_1`` is all that is asked of it. So a first run uses ``tol_a = 30 tol`` (components at 1/30 of s_1
+    or below need no more; the leading ones, found first, are in practice far inside it); if the explicit residuals
+    miss ``tol * s_1`` it is run again with ``tol_a = tol``, which bounds every residual by ``tol * s_k <= tol * s_1``.
+    `ncv` Lanczos vectors (default ``max(2r + 6, 16)``), `max_iter` restarts.
     PROPACK (not restarted for the largest triples) stops when its error bound of every singular value, the residual
     ``res_k`` or, once the value is separated by ``gap_k <= s_k``, ``res_k^2 / gap_k``, is below ``tol_p * s_k``
     (svds passes its `tol` squared). It is run with ``tol_p = tol``; if the explicit residuals miss ``tol * s_1`` it is
@@ -505,7 +527,7 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
         kmax = min(d, max(10 * r, 60) if max_iter is None else int(max_iter))
         kw = dict(maxiter=kmax, v0=rng.standard_normal(L))
         settings, name = f"kmax={kmax}", "propack"
-    runs, tol_s = 0, math.sqrt(tol)
+    runs, tol_s = 0, math.sqrt(30 * tol if solver == "arpack" and 30 * tol < 1 else tol)
     while True:
         try:
             U, s, Vt = svds(op, k=r, solver=solver, tol=tol_s, rng=seed, **kw)
@@ -514,11 +536,15 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
         runs += 1
         order = np.argsort(s)[::-1]
         U, s, V = np.ascontiguousarray(U[:, order]), s[order], np.ascontiguousarray(Vt[order].T)
-        res = _explicit_residuals(op, U, s, V)
-        tighter = min(tol_s, tol * s[0] / max(s[-1], tol * s[0]))
-        if res.max() <= tol or solver == "arpack" or runs == 2 or tighter >= tol_s:
+        # svds forms the triples from X (or X^T) applied to ARPACK's eigenvectors and an SVD of that block, so
+        # X^T u = s v (when it iterates on X X^T, L < K) or X v = s u (else) holds to rounding: one side to measure
+        res = _explicit_residuals(op, U, s, V, ("xv" if L < KM else "xtu") if solver == "arpack" else "both")
+        tighter = math.sqrt(tol) if solver == "arpack" else min(tol_s, tol * s[0] / max(s[-1], tol * s[0]))
+        if res.max() <= tol or runs == 2 or tighter >= tol_s:
             break
         tol_s = tighter
+        if solver == "arpack":                  # warm start: the first run's vectors (svds iterates on the shorter side)
+            kw["v0"] = (U if L < KM else V) @ np.ones(r)
     return U, s, V, dict(settings=settings, runs=runs, residuals=res, residual_kind="explicit",
                          converged=bool(res.max() <= tol))
 
@@ -825,11 +851,15 @@ def diagonal_average_fft(U, V, elementary: bool = False) -> np.ndarray:
     N = L + K - 1
     n = sfft.next_fast_len(N, real=True)
     rows = lambda A: sfft.rfft(np.ascontiguousarray(A.T), n=n, axis=-1, workers=-1)   # batched over components
-    prod = rows(U) * rows(V)
+    FU, FV = rows(U), rows(V)
     w = series_weights(N, L)
     if elementary:
-        return sfft.irfft(prod, n=n, axis=-1, workers=-1)[:, :N] / w
-    return sfft.irfft(prod.sum(axis=0), n=n)[:N] / w
+        FU *= FV
+        out = sfft.irfft(FU, n=n, axis=-1, workers=-1, overwrite_x=True)[:, :N]
+    else:                                        # the sum of the spectra, accumulated without an (r, n) temporary
+        out = sfft.irfft(np.einsum("kf,kf->f", FU, FV), n=n, overwrite_x=True)[:N]
+    out /= w
+    return out
 
 
 def diagonal_average(U, V, elementary: bool = False, method: str = "auto") -> np.ndarray:
