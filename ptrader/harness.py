@@ -35,14 +35,14 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'BASELINES', 'SUPERIORITY_TESTS', 'REGIMES', 'LADDER', 'GateThresholds', 'HarnessConfig', 'test_windows',
-           'WindowBroker', 'window_data', 'walk_forward_runs', 'run_fills', 'window_returns', 'round_trips',
-           'call_outcomes', 'walk_forward_calibrated', 'decision_quality', 'portfolio_returns',
+           'WindowBroker', 'symbol_data', 'walk_forward_runs', 'window_bars', 'run_fills', 'window_returns',
+           'round_trips', 'call_outcomes', 'walk_forward_calibrated', 'decision_quality', 'holm', 'portfolio_returns',
            'sharpe_difference_bootstrap', 'direction_forecasts', 'compare_agent', 'regime_labels', 'regime_table',
-           'power_table', 'signals_of', 'paper_alignment', 'stop_rule', 'gates_table', 'capital_ladder',
-           'verdict_sentence', 'profit_factor', 'promotion_table', 'HarnessResult', 'evaluate', 'record_harness',
-           'evaluate_warehouse', 'cli_main']
+           'power_table', 'signals_of', 'paper_alignment', 'stop_rule', 'significance_gates', 'gates_table',
+           'capital_ladder', 'verdict_sentence', 'profit_factor', 'promotion_table', 'HarnessResult', 'evaluate',
+           'record_harness', 'evaluate_warehouse', 'cli_main']
 
-# %% ../nbs/08_harness.ipynb #84163e0a
+# %% ../nbs/08_harness.ipynb #38077182
 class GateThresholds(BaseModel):
     "Go/no-go thresholds (defaults from the plan; see the section text). Rates are fractions, latencies seconds."
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -89,6 +89,10 @@ class HarnessConfig(BaseModel):
     forecast_models: list[str] = Field(default_factory=lambda: ["ssa"], description="forecast-driven challengers of the promotion table ('ssa', 'sarimax')")
     promotion_symbol: str | None = Field(None, description="the one symbol the forecast challengers run on (None: the first symbol)")
     live_risk: bool = Field(True, description="True: the live RiskLimits() defaults; False: RiskLimits.permissive()")
+    validator: bool = Field(True, description="False: no SignalValidator (every Decision is accepted): for repeated-seed loops")
+    significance_only: bool = Field(False, description="True: only the runs, the comparison family and the two significance gates "
+                                    "(the fast path of repeated-seed size and power loops; the other tables are empty, their gates NOT RUN)")
+    paper_alignment: bool = Field(True, description="False skips the vectorized replay (the alignment gate reads NOT RUN): for repeated-seed loops")
     gates: GateThresholds = Field(default_factory=GateThresholds)
 
     @field_validator("symbols")
@@ -150,7 +154,7 @@ def test_windows(n_bars: int, # bars of the symbol
 
 test_windows.__test__ = False   # not a pytest test
 
-# %% ../nbs/08_harness.ipynb #c8538c63
+# %% ../nbs/08_harness.ipynb #eb58165a
 class _Timed:
     """Forwards to `agent`; records the wall seconds of each `decide` as `last_info['decide_s']`. At or after
     `stop_at` (a window's last bar, whose orders would fill after the window) it answers HOLD without asking."""
@@ -178,50 +182,55 @@ class WindowBroker(PaperBroker):
         super().process_bar(ts, bars)
 
 
-def window_data(bars: pd.DataFrame, symbol: str, windows: pd.DataFrame, context_bars: int, *,
-                forecasters: Mapping[str, Any] | None = None) -> list[MarketData]:
-    """One `MarketData` per window: bars `start - 1 - context_bars .. end`. Forecasters are fitted once per window, at
-    its first decision bar, on the context before it (and forecast from the visible history at each decision after)."""
-    out = []
-    for r in windows.itertuples():
-        lo = max(0, r.start - 1 - context_bars)
-        sub = bars.iloc[lo: r.end + 1]
-        kw = dict(forecasters=forecasters, refit_every=len(sub), min_history=max(2, r.start - lo)) if forecasters else {}
-        out.append(MarketData(sub, symbol, **kw))
-    return out
+def symbol_data(bars: pd.DataFrame, symbol: str, windows: pd.DataFrame, context_bars: int, *,
+                forecasters: Mapping[str, Any] | None = None) -> tuple[MarketData, int]:
+    """One `MarketData` for every window of a symbol: bars from `start_0 - 1 - context_bars` to the last window's
+    end, and the position of its first bar in `bars` (the offset). The causal features are computed once.
+    Forecasters are refitted at each window's first decision bar on all bars before it (then forecast from the
+    visible history at each decision of the window)."""
+    lo = max(0, int(windows.start.iloc[0]) - 1 - context_bars)
+    sub = bars.iloc[lo: int(windows.end.iloc[-1]) + 1]
+    tb = int(windows.end.iloc[0] - windows.start.iloc[0] + 1)
+    kw = dict(forecasters=forecasters, refit_every=tb, min_history=max(2, int(windows.start.iloc[0]) - lo)) if forecasters else {}
+    return MarketData(sub, symbol, **kw), lo
 
 
 def walk_forward_runs(agent, # an Agent (`.name`, `.decide(view)`)
-                      datas: Sequence[MarketData], # `window_data(...)` of one symbol
-                      windows: pd.DataFrame, # `test_windows(...)` of that symbol
+                      data: MarketData, # `symbol_data(...)[0]` of one symbol
+                      offset: int, # `symbol_data(...)[1]`
+                      windows: pd.DataFrame, # `test_windows(...)` of that symbol (positions in the full bars)
                       config: HarnessConfig,
                      ) -> list:
     """`run_agent` over each window: decisions every `cadence` bars from the close of `start - 1`, a fresh
     account (a `WindowBroker` opening at that bar: cash `initial_cash`, `FixedBpsSlippage(slippage_bps)`,
-    `PercentCommission(fees_bps)`, `config.risk_limits()`) and a `SignalValidator` per window. Returns the
-    `AgentRun`s in window order (without the HOLD at each window's last bar, see `test_windows`).
+    `PercentCommission(fees_bps)`, `config.risk_limits()`) and a `SignalValidator` per window (unless
+    `config.validator` is False). Returns the `AgentRun`s in window order (without the HOLD at each window's last
+    bar, see `test_windows`).
 
     Raises `LookAheadError` naming agent, symbol, window and bar when the agent reads past t."""
     timed = agent if isinstance(agent, _Timed) else _Timed(agent)
-    runs = []
-    for data, w in zip(datas, windows.itertuples()):
-        n = len(data); first = n - 1 - (w.end - w.start + 1)
+    runs, idx = [], data.bars.index
+    for w in windows.itertuples():
+        first, end = int(w.start) - 1 - offset, int(w.end) - offset
         broker = WindowBroker([data.symbol], config.initial_cash, slippage=FixedBpsSlippage(config.slippage_bps),
-                              commission=PercentCommission(config.fees_bps), limits=config.risk_limits(),
-                              open_at=data.bars.index[first])
-        timed.stop_at = data.bars.index[-1]
+                              commission=PercentCommission(config.fees_bps), limits=config.risk_limits(), open_at=idx[first])
+        timed.stop_at = idx[end]
         try:
-            run = run_agent(timed, data, start=first, end=n - 1, cadence=config.cadence, broker=broker,
-                            validator=SignalValidator([data.symbol]))
+            run = run_agent(timed, data, start=first, end=end, cadence=config.cadence, broker=broker,
+                            validator=SignalValidator([data.symbol]) if config.validator else None)
         except LookAheadError as e:
             raise LookAheadError(f"agent {agent.name!r} refused: it read past the close of the bar it decided at "
-                                 f"({data.symbol}, window {w.split}, decisions {data.bars.index[first].date()}.."
-                                 f"{data.bars.index[-1].date()}): {e}") from e
+                                 f"({data.symbol}, window {w.split}, decisions {idx[first].date()}..{idx[end].date()}): {e}") from e
         d = run.decisions
         runs.append(AgentRun(d[pd.DatetimeIndex(d["ts"]) < timed.stop_at].reset_index(drop=True) if len(d) else d,
                              run.broker, run.params, run.elapsed_s))
     timed.stop_at = None
     return runs
+
+
+def window_bars(data: MarketData, offset: int, w) -> pd.DataFrame:
+    "The bars of window `w` (a `test_windows` row) from its first decision bar to its end."
+    return data.bars.iloc[int(w.start) - 1 - offset: int(w.end) - offset + 1]
 
 
 def run_fills(run) -> pd.DataFrame:
@@ -238,7 +247,7 @@ def window_returns(run, test_bars: int) -> pd.Series:
     eq = run.equity()
     return eq.iloc[-(test_bars + 1):].pct_change().iloc[1:].rename(run.params["agent"])
 
-# %% ../nbs/08_harness.ipynb #22cafad0
+# %% ../nbs/08_harness.ipynb #d8681f9d
 def round_trips(fills: pd.DataFrame, # a broker's `fills()` for one symbol: ts, side, qty, price, fees
                ) -> pd.DataFrame: # one row per closed trade: entry_ts, exit_ts, pnl (net of fees, quote currency)
     "Round trips of a fill sequence: a trade opens when the position leaves zero and closes when it returns to zero."
@@ -329,23 +338,30 @@ def decision_quality(decisions: pd.DataFrame, # every agent's decision tables (w
             row.update(brier=math.nan, reliability=math.nan, resolution=math.nan, brier_calibrated=math.nan, resolved_calls=0)
         ds = d["decide_s"] if "decide_s" in d else pd.Series(dtype=float)
         row.update(latency_p50_s=_pct(ds, 50), latency_p95_s=_pct(ds, 95), latency_p99_s=_pct(ds, 99))
-        live = d[(d["cached"] == False) & d["latency_s"].notna()] if {"cached", "latency_s"} <= set(d.columns) else d.iloc[:0]   # noqa: E712
-        load = (live["load_duration_ns"].astype(float).fillna(0) / 1e9) if "load_duration_ns" in live else pd.Series(0.0, index=live.index)
-        row.update(llm_calls=len(live), cache_hits=int((d["cached"] == True).sum()) if "cached" in d else 0,   # noqa: E712
-                   llm_latency_p50_s=_pct(live["latency_s"] - load, 50) if len(live) else math.nan,
-                   llm_latency_p95_s=_pct(live["latency_s"] - load, 95) if len(live) else math.nan,
-                   llm_latency_p99_s=_pct(live["latency_s"] - load, 99) if len(live) else math.nan,
-                   load_s=float(load.sum()) if len(live) else math.nan,
-                   tokens_per_s=float(pd.to_numeric(live["tokens_per_s"], errors="coerce").mean()) if "tokens_per_s" in live and len(live) else math.nan,
-                   tokens_per_decision=float((pd.to_numeric(d.get("prompt_tokens"), errors="coerce").fillna(0)
-                                              + pd.to_numeric(d.get("eval_tokens"), errors="coerce").fillna(0)).mean())
-                   if "prompt_tokens" in d else math.nan,
+        num = lambda c: pd.to_numeric(d[c], errors="coerce") if c in d else pd.Series(np.nan, index=d.index)
+        req = num("request_latency_s"); ans = req.notna()                       # answered calls, live or cached (by their record)
+        live = ans & (d["cached"] == False) if "cached" in d else ans & False  # noqa: E712
+        row.update(llm_calls=int(ans.sum()), llm_live=int(live.sum()), cache_hits=int((ans & ~live).sum()),
+                   llm_latency_p50_s=_pct(req[ans], 50), llm_latency_p95_s=_pct(req[ans], 95), llm_latency_p99_s=_pct(req[ans], 99),
+                   load_s=float(num("load_duration_ns")[live].fillna(0).sum() / 1e9) if live.any() else math.nan,
+                   tokens_per_s=float(num("tokens_per_s")[ans].median()) if ans.any() else math.nan,
+                   tokens_per_decision=float(num("total_tokens")[ans].mean()) if ans.any() else math.nan,
                    decisions_per_s=n / elapsed_s[name] if elapsed_s.get(name) else math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/08_harness.ipynb #8a7a12ed
+# %% ../nbs/08_harness.ipynb #d092bc3d
 SUPERIORITY_TESTS = ("paired t (HAC)", "bootstrap Sharpe difference", "SPA vs best baseline")
+
+def holm(p) -> np.ndarray:
+    "Holm (1979) step-down adjusted p-values: sorted ascending, p_(i) (m - i + 1), running maximum, capped at 1; NaN stays NaN."
+    p = np.asarray(p, float); out = np.full(p.shape, np.nan); ok = np.isfinite(p)
+    q = p[ok]; m = q.size
+    if m:
+        o = np.argsort(q, kind="stable")
+        adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[o]))
+        r = np.empty(m); r[o] = adj; out[ok] = r
+    return out
 
 def portfolio_returns(returns: pd.DataFrame, # (symbol, ts) x agents, per-bar simple returns
                      ) -> pd.DataFrame: # ts x agents: the equal-weight mean over the symbols trading that date
@@ -405,7 +421,6 @@ def compare_agent(agent_name: str,
     """The comparison family of the section text. Table columns: test, null, statistic, p_value, p_holm, reject,
     ci_low, ci_high, note. Rows that cannot run (too few bars, constant differences) have NaN p and say why."""
     from arch.bootstrap import SPA, StepM
-    from statsmodels.stats.multitest import multipletests
     ppy = periods_per_year
     srs = {b: (pst.sharpe_ratio(port[b], periods_per_year=ppy) if port[b].std() > 0 else -math.inf) for b in baselines}
     best = max(srs, key=srs.get)
@@ -468,8 +483,7 @@ def compare_agent(agent_name: str,
     for c in ("ci_low", "ci_high", "note"):
         if c not in tab: tab[c] = np.nan if c != "note" else ""
     ok = tab["p_value"].notna()
-    tab["p_holm"] = np.nan
-    if ok.any(): tab.loc[ok, "p_holm"] = multipletests(tab.loc[ok, "p_value"].astype(float), alpha=alpha, method="holm")[1]
+    tab["p_holm"] = holm(tab["p_value"].astype(float))
     tab["reject"] = tab["p_holm"] < alpha
     # StepM: which baselines does the agent beat (differences scaled to unit variance, as Hansen's statistic)
     D = pd.DataFrame({bn: port[agent_name] - port[bn] for bn in baselines}).reset_index(drop=True)
@@ -570,7 +584,7 @@ def power_table(n_trades: int, win_rate: float, n_calls: int, accuracy: float, n
     ]
     return pd.DataFrame(rows)
 
-# %% ../nbs/08_harness.ipynb #e583aa15
+# %% ../nbs/08_harness.ipynb #d5622432
 def _states(qty: pd.Series) -> np.ndarray:
     return np.sign(np.where(np.abs(qty.to_numpy(float)) > 1e-9, qty.to_numpy(float), 0.0))
 
@@ -594,7 +608,7 @@ def signals_of(decisions: pd.DataFrame, index: pd.DatetimeIndex) -> tuple[np.nda
 
 
 def paper_alignment(run, # an AgentRun of one window
-                    bars: pd.DataFrame, # that window's bars (the run's MarketData.bars)
+                    bars: pd.DataFrame, # the window's bars through its end (`window_bars`; the last test_bars + 1 are used)
                     test_bars: int,
                     config: HarnessConfig,
                     fills: pd.DataFrame | None = None, # run.broker.fills(), if already at hand
@@ -630,7 +644,7 @@ def paper_alignment(run, # an AgentRun of one window
                 e = ev[ev["ts"].isin([ts, prev])] if len(ev) else ev
                 for r in e[e["kind"].astype(str).str.lower().str.endswith("rejected")].itertuples():
                     why.append(f"paper order {int(r.order_id)} rejected by the risk manager ({r.rule}: {r.reason})")
-                why += [f"paper {r} fill (the replay has no counterpart)" for _, _, r in pf if r not in ("entry", "exit")]
+                why += [f"paper {r} fill (the replay has no counterpart)" for _, _, r in pf if r not in ("entry", "exit", "bracket_entry")]
                 why += [f"replay {r} fill" for _, _, r in vf if r not in ("signal", "entry", "exit")]
                 if i and len(dec) and prev in dec.index:
                     dd = dec.loc[[prev]].iloc[-1]
@@ -642,7 +656,7 @@ def paper_alignment(run, # an AgentRun of one window
     div = pd.DataFrame(rows, columns=["ts", "symbol", "agent", "paper_state", "replay_state", "paper_fills", "replay_fills", "since", "cause"])
     return dict(bars=test_bars, aligned=aligned, rate=aligned / test_bars), div
 
-# %% ../nbs/08_harness.ipynb #9e664e7f
+# %% ../nbs/08_harness.ipynb #ebd0377f
 LADDER = (("$1k signal validation", 1_000, ("valid decisions", "p95 latency")),
           ("$5k paper", 5_000, ("directional accuracy", "superiority after Holm", "deflated Sharpe ratio", "positive Sharpe in every regime", "max drawdown")),
           ("$10k initial live", 10_000, ("paper alignment",)),
@@ -669,24 +683,9 @@ def stop_rule(calls: pd.DataFrame, # one agent's call_outcomes (ts, correct)
                 accuracy=float(bad.iloc[0]) if len(bad) else (float(judged.min()) if len(judged) else math.nan), windows=int(len(judged)))
 
 
-def gates_table(agent: str, q: pd.Series, comparison: pd.DataFrame, figs: dict, regimes: pd.DataFrame, alignment_rate: float,
-                align_bars: int, max_dd: float, g: GateThresholds, *, llm: bool) -> pd.DataFrame:
-    "The go/no-go gates for `agent` (see the section text); columns gate, threshold, observed, status, evidence, deciding."
+def significance_gates(comparison: pd.DataFrame, figs: dict, g: GateThresholds) -> list[dict]:
+    "The two significance gates: superiority after Holm (all of `SUPERIORITY_TESTS` reject) and the deflated Sharpe ratio."
     rows = []
-    nd, nc = int(q["decisions"]), int(q["accuracy_n"])
-    few = f"needs at least {g.min_decisions} decisions, has {nd}" if nd < g.min_decisions else None
-    rows.append(_gate("valid decisions", f">= {g.valid_decision_rate:.0%}", q["valid_rate"], q["valid_rate"] >= g.valid_decision_rate,
-                      f"{q['valid_rate']:.1%} of {nd} decisions valid (fallback HOLDs {q['fallback_rate']:.1%}, parse failures {q['parse_failure_rate']:.1%})", not_run=few))
-    few = f"needs at least {g.min_decisions} BUY/SELL calls, has {nc}" if nc < g.min_decisions else None
-    rows.append(_gate("directional accuracy", f"> {g.accuracy:.0%}", q["accuracy"], q["accuracy"] > g.accuracy,
-                      f"{q['accuracy']:.1%} of {nc} calls right on the next bar (Wilson 95% {q['accuracy_ci_low']:.1%}-{q['accuracy_ci_high']:.1%})", not_run=few))
-    lat = q["llm_latency_p95_s"] if llm else q["latency_p95_s"]
-    lat_nr = ("every answer came from the cache: no latency was measured" if llm and not q["llm_calls"] else
-              (f"no decisions timed" if not np.isfinite(lat) else None))
-    src = f"model latency of {int(q['llm_calls'])} live calls, load time excluded" if llm else f"wall time of {nd} decisions"
-    for name, thr, dec in (("p95 latency", g.p95_latency_s, True), ("p95 latency (strict)", g.strict_p95_latency_s, False)):
-        rows.append(_gate(name, f"< {thr:g} s", lat, lat < thr, f"p95 {lat:.3g} s ({src})" + ("" if dec else "; reported, not deciding"),
-                          deciding=dec, not_run=lat_nr))
     sup = comparison[comparison["test"].isin(SUPERIORITY_TESTS)]
     if sup["p_holm"].isna().any() or len(sup) < len(SUPERIORITY_TESTS):
         rows.append(_gate("superiority after Holm", f"p < {g.alpha:g}", math.nan, False, "",
@@ -701,6 +700,29 @@ def gates_table(agent: str, q: pd.Series, comparison: pd.DataFrame, figs: dict, 
     rows.append(_gate("deflated Sharpe ratio", f"> {g.dsr:g}", dsr, dsr > g.dsr,
                       f"DSR {dsr:.3f} for Sharpe {figs.get('agent_sharpe', math.nan):.2f} over {figs['bars']} bars and {figs['trials']} trial(s)",
                       not_run=None if np.isfinite(dsr) else "needs at least 3 bars of non-constant returns"))
+    return rows
+
+
+def gates_table(agent: str, q: pd.Series, comparison: pd.DataFrame, figs: dict, regimes: pd.DataFrame, alignment_rate: float,
+                align_bars: int, max_dd: float, g: GateThresholds, *, llm: bool) -> pd.DataFrame:
+    "The go/no-go gates for `agent` (see the section text); columns gate, threshold, observed, status, evidence, deciding."
+    rows = []
+    nd, nc = int(q["decisions"]), int(q["accuracy_n"])
+    few = f"needs at least {g.min_decisions} decisions, has {nd}" if nd < g.min_decisions else None
+    rows.append(_gate("valid decisions", f">= {g.valid_decision_rate:.0%}", q["valid_rate"], q["valid_rate"] >= g.valid_decision_rate,
+                      f"{q['valid_rate']:.1%} of {nd} decisions valid (fallback HOLDs {q['fallback_rate']:.1%}, parse failures {q['parse_failure_rate']:.1%})", not_run=few))
+    few = f"needs at least {g.min_decisions} BUY/SELL calls, has {nc}" if nc < g.min_decisions else None
+    rows.append(_gate("directional accuracy", f"> {g.accuracy:.0%}", q["accuracy"], q["accuracy"] > g.accuracy,
+                      f"{q['accuracy']:.1%} of {nc} calls right on the next bar (Wilson 95% {q['accuracy_ci_low']:.1%}-{q['accuracy_ci_high']:.1%})", not_run=few))
+    lat = q["llm_latency_p95_s"] if llm else q["latency_p95_s"]
+    lat_nr = ("no answered model call carries a latency record" if llm and not q["llm_calls"] else
+              ("no decisions timed" if not np.isfinite(lat) else None))
+    src = (f"request latency of {int(q['llm_calls'])} answered calls ({int(q['cache_hits'])} from the cache, by their record), load time excluded"
+           if llm else f"wall time of {nd} decisions")
+    for name, thr, dec in (("p95 latency", g.p95_latency_s, True), ("p95 latency (strict)", g.strict_p95_latency_s, False)):
+        rows.append(_gate(name, f"< {thr:g} s", lat, lat < thr, f"p95 {lat:.3g} s ({src})" + ("" if dec else "; reported, not deciding"),
+                          deciding=dec, not_run=lat_nr))
+    rows += significance_gates(comparison, figs, g)
     rg = regimes[regimes["agent"] == agent]
     judged = rg[rg["sharpe"].notna()]; thin = rg[rg["sharpe"].isna() & (rg["bars"] > 0)]
     ev = ", ".join(f"{r.regime} {r.sharpe:+.2f} ({r.bars} bars)" for r in judged.itertuples())
@@ -710,7 +732,7 @@ def gates_table(agent: str, q: pd.Series, comparison: pd.DataFrame, figs: dict, 
                       not_run=None if len(judged) else f"no regime has {g.min_regime_bars} test bars"))
     rows.append(_gate("paper alignment", f">= {g.alignment:.0%}", alignment_rate, alignment_rate >= g.alignment,
                       f"{alignment_rate:.1%} of {align_bars} test bars aligned between the paper broker and the vectorized replay",
-                      not_run=None if align_bars else "no test bars"))
+                      not_run=None if align_bars else "the vectorized replay was not run (paper_alignment=False)"))
     rows.append(_gate("max drawdown", f"< {g.max_drawdown:.0%}", max_dd, max_dd < g.max_drawdown,
                       f"worst per-symbol maximum drawdown of the chained test windows {max_dd:.1%}",
                       not_run=None if np.isfinite(max_dd) else "no returns"))
@@ -753,7 +775,7 @@ def verdict_sentence(agent: str, gates: pd.DataFrame, stage: str) -> str:
     return (f"NO-GO: {agent} {' and '.join(parts)} of {len(dg)} gates; deciding: {first['gate']}, {first['evidence']}"
             + (f" (threshold {first['threshold']})." if first["status"] == "FAIL" else "."))
 
-# %% ../nbs/08_harness.ipynb #6e5dba1d
+# %% ../nbs/08_harness.ipynb #ae983442
 def profit_factor(r) -> float:
     "Gross gains / gross losses of per-bar returns (inf without losses, NaN without either)."
     r = np.asarray(r, float); g, l = r[r > 0].sum(), -r[r < 0].sum()
@@ -766,7 +788,6 @@ def promotion_table(returns: pd.DataFrame, # ts x candidates (one symbol)
                    ) -> pd.DataFrame: # candidate, role, sharpe, profit_factor, pf_uplift, max_drawdown, dd_increase, p_value, p_holm, eligible, decision
     "The promotion decision and its evidence (see the section text)."
     from arch.bootstrap import SPA
-    from statsmodels.stats.multitest import multipletests
     inc = returns[incumbent].to_numpy(float)
     pf0, dd0 = profit_factor(inc), pst.max_drawdown(inc)
     def sr(x): return pst.sharpe_ratio(x, periods_per_year=periods_per_year) if np.std(x) > 0 else math.nan
@@ -782,9 +803,8 @@ def promotion_table(returns: pd.DataFrame, # ts x candidates (one symbol)
         rows.append(dict(candidate=c, role="challenger", sharpe=sr(x), profit_factor=pf, pf_uplift=pf / pf0 - 1 if pf0 and np.isfinite(pf0) else math.nan,
                          max_drawdown=dd, dd_increase=dd / dd0 - 1 if dd0 > 0 else (0.0 if dd == 0 else math.inf), p_value=p))
     t = pd.DataFrame(rows)
-    ch = t["role"] == "challenger"; ok = ch & t["p_value"].notna()
-    t["p_holm"] = np.nan
-    if ok.any(): t.loc[ok, "p_holm"] = multipletests(t.loc[ok, "p_value"], alpha=alpha, method="holm")[1]
+    ch = t["role"] == "challenger"
+    t["p_holm"] = np.where(ch, holm(np.where(ch, t["p_value"], np.nan)), np.nan)
     t["eligible"] = ch & (t["pf_uplift"] >= pf_uplift) & (t["dd_increase"] <= dd_increase) & (t["p_holm"] < alpha)
     el = t[t["eligible"]]
     win = el.loc[el["sharpe"].idxmax(), "candidate"] if len(el) else incumbent
@@ -896,7 +916,7 @@ class HarnessResult:
                           llm_status=self.llm_status, alignment_rate=self.alignment_rate, budget=self.budget,
                           gates=self.gates.to_dict("records"), ladder=self.ladder.to_dict("records")))
 
-# %% ../nbs/08_harness.ipynb #02a96839
+# %% ../nbs/08_harness.ipynb #8ce10c39
 def _bars_map(bars) -> dict[str, pd.DataFrame]:
     if isinstance(bars, pd.DataFrame):
         if not isinstance(bars.index, pd.MultiIndex): raise DataValidationError("one DataFrame of bars must have a (symbol, ts) MultiIndex", rule="shape")
@@ -904,23 +924,20 @@ def _bars_map(bars) -> dict[str, pd.DataFrame]:
     return {str(k).upper(): v for k, v in dict(bars).items()}
 
 
-def _llm_agent(config: HarnessConfig, host: str | None, cache: str | None):
-    "An OllamaAgent for config.agent; replay from the cache when the server does not answer. Returns (agent, status, client)."
+def _llm_agent(config: HarnessConfig, client=None):
+    """(OllamaAgent or None, status, client) for `config.agent`. `client` given: used as it is (e.g.
+    `LocalServer(lazy=True).client(...)`). Otherwise an `OllamaClient` at `llm_host`, "auto" mode over
+    `llm_cache` (cache first, the server only for a miss) or live without a cache, where a server that does not
+    answer a health check is reported at once instead of failing every decision."""
     from ptrader.llm import OllamaClient
     from ptrader.agents import OllamaAgent
-    model = config.model
-    client = OllamaClient(model, host, timeout=config.llm_timeout_s, retries=1, cache=cache, seed=config.seed)
-    h = client.health(prewarm=False)
-    if h.ok: return OllamaAgent(client, seed=config.seed), "live", client
-    why = h.error or "not reachable"
-    if cache is not None and Path(cache).exists():
-        rc = OllamaClient(model, host, timeout=config.llm_timeout_s, retries=0, cache=cache, mode="replay", seed=config.seed)
-        try:
-            rc.identity(model)
-            return OllamaAgent(rc, seed=config.seed), f"cache (server {client.host}: {why})", rc
-        except LLMError:
-            pass
-    return None, f"unreachable: {client.host}: {why}; no cached answers for {model}", client
+    if client is None:
+        client = OllamaClient(config.model, config.llm_host, timeout=config.llm_timeout_s, retries=1, cache=config.llm_cache,
+                              mode="auto" if config.llm_cache else "live", seed=config.seed)
+        if config.llm_cache is None:
+            h = client.health(prewarm=False)
+            if not h.ok: return None, f"unreachable: {client.host}: {h.error}; no answer cache", client
+    return OllamaAgent(client, seed=config.seed), "live", client
 
 
 def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
@@ -931,6 +948,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
              vix: pd.Series | None = None, # VIX closes indexed by ts, for the regime labels
              audit=None, # an AuditTrail or a path: record every run
              run_id: str | None = None,
+             llm_client=None, # an OllamaClient for config.agent (default: built from llm_host and llm_cache)
             ) -> HarnessResult:
     """Run the agent validation plan (see the section text) and return a `HarnessResult`.
 
@@ -944,8 +962,8 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     run_id = run_id or f"harness-{uuid.uuid4().hex[:12]}"
     status, client = "none", None
     if agent is None and config.agent != "none":
-        agent, status, client = _llm_agent(config, config.llm_host, config.llm_cache)
-        if agent is None and config.agent_required: raise LLMError(f"{config.agent}: {status}")
+        agent, status, client = _llm_agent(config, llm_client)
+        if agent is None and config.agent_required: raise LLMError(f"{config.agent} gave no answer ({status})")
     elif agent is not None:
         status = "none" if not hasattr(agent, "client") else "live"
     name = agent.name if agent is not None else None
@@ -954,7 +972,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     for s in config.symbols:
         b = bmap[s]
         wins[s] = test_windows(len(b), config.splits, config.test_bars, config.context_bars)
-        datas[s] = window_data(b, s, wins[s], config.context_bars)
+        datas[s] = symbol_data(b, s, wins[s], config.context_bars)
         full[s] = b
     closes = {s: full[s]["close"].astype(float) for s in config.symbols}
     # the judged agent first (its action frequencies feed the random baseline)
@@ -962,16 +980,16 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     t0 = time.perf_counter()
     if agent is not None:
         for s in config.symbols:
-            for k, r in enumerate(walk_forward_runs(agent, datas[s], wins[s], config)): runs[(name, s, k)] = r
+            for k, r in enumerate(walk_forward_runs(agent, *datas[s], wins[s], config)): runs[(name, s, k)] = r
         elapsed[name] = time.perf_counter() - t0
         if client is not None:
             n_ans = agent.counts.get("answers", 0)
             if n_ans == 0:
                 first = next((r.error for r in client.calls if not r.ok), "no answer")
-                status = f"unreachable: {first}"
-                if config.agent_required: raise LLMError(f"{config.agent}: the model gave no answer ({first})")
+                status = f"unreachable: {client.host}: {first}" + ("; no cached answer" if client.cache is not None else "")
+                if config.agent_required: raise LLMError(f"{config.agent} gave no answer ({first})")
                 runs = {k: v for k, v in runs.items() if k[0] != name}; agent, name = None, None
-            elif status == "live" and all(r.cached for r in client.calls if r.ok):
+            elif all(r.cached for r in client.calls if r.ok):
                 status = "cache"
     secs["agent"] = time.perf_counter() - t0
     if baselines is None:
@@ -988,7 +1006,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     for b in baselines:
         tb = time.perf_counter()
         for s in config.symbols:
-            for k, r in enumerate(walk_forward_runs(b, datas[s], wins[s], config)): runs[(b.name, s, k)] = r
+            for k, r in enumerate(walk_forward_runs(b, *datas[s], wins[s], config)): runs[(b.name, s, k)] = r
         elapsed[b.name] = time.perf_counter() - tb
     secs["baselines"] = time.perf_counter() - t0
     agents = ([name] if name else []) + base_names
@@ -1027,6 +1045,8 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
         best = max(srs, key=srs.get); figs = dict(best_baseline=best)
         comparison = pd.DataFrame(columns=["test", "null", "statistic", "p_value", "p_holm", "reject", "ci_low", "ci_high", "note"])
     secs["comparison"] = time.perf_counter() - t0
+    if config.significance_only:
+        return _significance_result(config, name, status, comparison, best, figs, returns, decisions, windows, secs, t_all, run_id)
     # regimes
     t0 = time.perf_counter()
     labels = pd.concat({s: regime_labels(full[s], vix) for s in config.symbols}, names=["symbol", "ts"])
@@ -1035,10 +1055,10 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     # paper alignment
     t0 = time.perf_counter()
     al_rows, divs = [], []
-    for (a, s, k), r in runs.items():
-        summ, dv = paper_alignment(r, datas[s][k].bars, config.test_bars, config, fills_of.get((a, s, k)))
+    for (a, s, k), r in (runs.items() if config.paper_alignment else ()):
+        summ, dv = paper_alignment(r, window_bars(*datas[s], wins[s].iloc[k]), config.test_bars, config, fills_of.get((a, s, k)))
         al_rows.append(dict(agent=a, symbol=s, split=k, **summ)); divs.append(dv.assign(split=k))
-    alignment = pd.DataFrame(al_rows)
+    alignment = pd.DataFrame(al_rows, columns=["agent", "symbol", "split", "bars", "aligned", "rate"])
     divergences = pd.concat(divs, ignore_index=True) if divs else pd.DataFrame()
     secs["alignment"] = time.perf_counter() - t0
     # promotion: forecast challengers on one symbol
@@ -1050,11 +1070,10 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     if config.forecast_models:
         from ptrader.forecast import SARIMAXForecaster, SSAForecaster
         fcs = {"ssa": lambda: SSAForecaster(L=60, n_boot=20, seed=config.seed), "sarimax": lambda: SARIMAXForecaster()}
-        fdatas = window_data(full[psym], psym, wins[psym], config.context_bars,
-                             forecasters={m: fcs[m]() for m in config.forecast_models})
+        fdata = symbol_data(full[psym], psym, wins[psym], config.context_bars, forecasters={m: fcs[m]() for m in config.forecast_models})
         for m in config.forecast_models:
             fa = ForecastAgent(m)
-            frs = walk_forward_runs(fa, fdatas, wins[psym], config)
+            frs = walk_forward_runs(fa, *fdata, wins[psym], config)
             prom_ret[fa.name] = pd.concat([window_returns(r, config.test_bars) for r in frs]).to_numpy()
             for k, r in enumerate(frs): runs[(fa.name, psym, k)] = r
             challengers.append(fa.name)
@@ -1105,6 +1124,24 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     return res
 
 
+def _significance_result(config, name, status, comparison, best, figs, returns, decisions, windows, secs, t_all, run_id) -> HarnessResult:
+    "The fast path's result: the comparison and the significance gates; every other gate NOT RUN."
+    g = config.gates
+    rows = significance_gates(comparison, figs, g) if name else []
+    done = {r["gate"] for r in rows}
+    rows += [_gate(gn, "", math.nan, False, "", deciding=gn != "p95 latency (strict)", not_run="significance_only: not computed")
+             for gn in ("valid decisions", "directional accuracy", "p95 latency", "p95 latency (strict)", "superiority after Holm",
+                        "deflated Sharpe ratio", "positive Sharpe in every regime", "paper alignment", "max drawdown") if gn not in done]
+    gates = pd.DataFrame(rows)
+    e = pd.DataFrame()
+    budget = dict(cadence=config.cadence, symbols=list(config.symbols), test_bars=config.test_bars, n_decisions=0,
+                  seconds=time.perf_counter() - t_all, seconds_by_stage=secs, trials=figs.get("trials"), run_id=run_id)
+    return HarnessResult(gates=gates, verdict=verdict_sentence(name or "no agent", gates, "none"), stage="none", ladder=e,
+                         decision_quality=e, comparison=comparison, regimes=e, power=e, alignment=e, alignment_rate=math.nan,
+                         promotion=e, llm_status=status, budget=budget, returns=returns, decisions=decisions, windows=windows,
+                         agent=name, best_baseline=best, config=config)
+
+
 def record_harness(res: HarnessResult, runs: Mapping, audit, run_id: str) -> int:
     "Append every run (decisions, validations, orders, fills) and one `harness_run` summary to the audit trail; returns entries written."
     from ptrader.audit import AuditTrail, agent_run_entries
@@ -1116,7 +1153,7 @@ def record_harness(res: HarnessResult, runs: Mapping, audit, run_id: str) -> int
     trail.record_many(entries)
     return len(entries)
 
-# %% ../nbs/08_harness.ipynb #3daf1e89
+# %% ../nbs/08_harness.ipynb #c0e5533e
 def evaluate_warehouse(db_path=None, # the warehouse (default: $PTRADER_DB or data/ptrader.duckdb)
                        config: HarnessConfig = HarnessConfig(),
                        *, audit_db=None, # an audit trail path: record the run there
@@ -1139,22 +1176,25 @@ def evaluate_warehouse(db_path=None, # the warehouse (default: $PTRADER_DB or da
     cfg = config
     if cfg.agent != "none" and cfg.llm_cache is None:
         cfg = cfg.model_copy(update={"llm_cache": str(db.parent / "llm_cache.duckdb")})
-    server = None
+    server = client = None
     if cfg.agent != "none" and cfg.llm_host is None:
-        from ptrader.llm import LocalServer, DEFAULT_MODEL
+        from ptrader.llm import LocalServer
+        server = LocalServer(cfg.model, lazy=True, threads=server_threads)
         try:
-            server = LocalServer(None if cfg.model == DEFAULT_MODEL else cfg.model, threads=server_threads).start()
-            cfg = cfg.model_copy(update={"llm_host": server.url})
-        except (LLMError, OSError) as e:
-            logger.warning("the local model server did not start (%s); evaluating from the cache or without the model", e)
-            if cfg.agent_required and not Path(cfg.llm_cache).exists(): raise
-            cfg = cfg.model_copy(update={"llm_host": "http://127.0.0.1:9"})   # nothing listens: replay from the cache or report unreachable
+            client = server.client(cache=cfg.llm_cache, timeout=cfg.llm_timeout_s, retries=1, seed=cfg.seed)
+        except (LLMError, OSError) as e:   # no such local model, or the [llm] extra is missing
+            if cfg.agent_required: raise LLMError(f"{cfg.agent}: the local model cannot be served: {e}") from e
+            logger.warning("%s: the local model cannot be served (%s); the baselines run alone", cfg.agent, e)
+            res = evaluate(bars, cfg.model_copy(update={"agent": "none"}), vix=vix, audit=audit_db, run_id=run_id)
+            status = f"unreachable: the local model cannot be served: {e}"
+            return HarnessResult(**{**res.__dict__, "llm_status": status, "config": cfg,
+                                    "verdict": f"NO-GO: {cfg.agent} could not be judged ({status}); the baselines ran (best: {res.best_baseline})."})
     try:
-        return evaluate(bars, cfg, vix=vix, audit=audit_db, run_id=run_id)
+        return evaluate(bars, cfg, vix=vix, audit=audit_db, run_id=run_id, llm_client=client)
     finally:
         if server is not None: server.stop()
 
-# %% ../nbs/08_harness.ipynb #11784d5f
+# %% ../nbs/08_harness.ipynb #72a7e24e
 def _cli_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ptrader agent", description="Agentic validation harness.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1194,7 +1234,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         res = evaluate_warehouse(a.db, cfg, audit_db=a.audit_db)
     except LLMError as ex:
-        sys.stderr.write(f"ptrader agent evaluate: {cfg.agent} gave no answer: {ex}\n"); return 1
+        sys.stderr.write(f"ptrader agent evaluate: {ex}\n"); return 1
     except (DataValidationError, FileNotFoundError) as ex:
         sys.stderr.write(f"ptrader agent evaluate: {ex}\n"); return 2
     except PtraderError as ex:
