@@ -711,9 +711,13 @@ class LlamaBackend:
         llm.n_tokens = p
         return p
 
-    def _grammar_argmax(self, gs, logits) -> int:
-        "The highest-logit token `gs` admits (the whole vocabulary checked); an end-of-generation token if none."
+    def _grammar_argmax(self, gs, logits, admits, k: int = 64) -> int:
+        """The highest-logit token `gs` admits: the first admitted among the `k` best (by logit, ties by id, as
+        argmax breaks them), else the whole vocabulary filtered at once; an end-of-generation token if none."""
         import llama_cpp
+        top = np.argpartition(-logits, k)[:k]
+        for t in top[np.lexsort((top, -logits[top]))]:
+            if admits(int(t)): return int(t)
         cand = np.empty(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
         cand["id"] = np.arange(self.n_vocab); cand["logit"] = logits; cand["p"] = 0.0
         arr = llama_cpp.llama_token_data_array(data=cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
@@ -775,7 +779,7 @@ class LlamaBackend:
                     logits = logits.copy(); seen = np.unique(out[-64:]); v = logits[seen]
                     logits[seen] = np.where(v <= 0, v * pen, v / pen)
                 tok = int(np.argmax(logits))
-                if gs is not None and not admits(tok): tok = self._grammar_argmax(gs, logits)
+                if gs is not None and not admits(tok): tok = self._grammar_argmax(gs, logits, admits)
                 if tok in self._eog: done = True; break
                 pending = [tok]
                 done = take(tok) or force()
