@@ -202,7 +202,7 @@ class TrajectoryOperator(LinearOperator):
         w = 1 if R.shape[0] == 1 else -1
         f = sfft.rfft(R[:, ::-1], n=self.nfft, axis=-1, workers=w)
         f *= self._fx[m]
-        return sfft.irfft(f, n=self.nfft, axis=-1, workers=w)[:, lo:lo + n_out]
+        return sfft.irfft(f, n=self.nfft, axis=-1, workers=w, overwrite_x=True)[:, lo:lo + n_out]
 
     def matmat_rows(self, Vr) -> np.ndarray:
         "``(X V)^T`` for V given as rows: Vr (b, M*K) -> (b, L), float64."
