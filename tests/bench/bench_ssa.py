@@ -15,9 +15,14 @@ Cases
    harmonic series, no noise). For N = 100,000 every method, for N = 1,000,000 `auto` (and the methods given with
    --methods-1m): decompose + reconstruct time, the same in FFT pairs (one rfft + irfft of length N, the unit
    measured right before and after each run in the same process, wall clock and CPU time), operator products
-   (X v plus X^T u), the largest residual relative to s_1 and whether it met tol. The cost targets are 60 FFT
-   pairs at N = 1e6 (auto) and 100 at N = 1e5 (every truncated method). On a shared machine the CPU-time count
-   is the steadier one: it does not grow when other processes take the cores.
+   (X v plus X^T u), the largest residual relative to s_1, whether it met tol, and the largest error of the singular
+   values against a tight reference (block irlba, block size 2, rank r + 3, tol 1e-11), relative to s_1: a method can
+   meet tol and still return the twin of a noise component instead of the component itself (the noise components of
+   a Hankel matrix come in sine/cosine pairs whose values differ by 1e-5 to 1e-3 relative). The cost targets are 60
+   FFT pairs at N = 1e6 (auto) and 100 at N = 1e5 (every truncated method). Each run is repeated --repeat times
+   (default 3) and the smallest count is printed (the unit measured around each repeat), as timeit does: on a shared
+   machine the other processes only ever add time. The CPU-time count is the steadier one: it does not grow when
+   other processes take the cores.
    Case 1 also runs on the "white" series, so the peer ratios are shown on noisy data too.
 """
 from __future__ import annotations
@@ -151,40 +156,51 @@ def case_1m(N: int):
               f"residual std {d['resid_std']:.4f}")
 
 
-def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int = 5):
-    "Case 4: time, FFT pairs, products and residuals of decompose + reconstruct per series, size and method."
+def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int = 5, repeat: int = 3):
+    "Case 4: time, FFT pairs, products, residuals and errors of decompose + reconstruct per series, size and method."
+    import logging
     from ptrader.errors import ConvergenceFailure
-    from ptrader.ssa import SSA
+    from ptrader.ssa import SSA, decompose
+    logging.getLogger("ptrader.ssa").setLevel(logging.ERROR)      # "residual above tol" is the conv column
     SSA(50, 3).fit(series(200)).reconstruct()
     print(f"{'series':6s} {'N':>9s} {'method':>10s} {'used':>10s} {'time s':>8s} {'pairs':>6s} {'pairs cpu':>9s} "
-          f"{'products':>8s} {'max res/s1':>10s} conv")
+          f"{'products':>8s} {'max res/s1':>10s} {'s err/s1':>9s} conv")
     rows = []
     for N in sizes:
         methods = ("auto", "irlba", "propack", "lanczos", "randomized") if N <= 100_000 else methods_1m
         for kind in kinds:
             x = noisy_series(kind, N)
+            ref = decompose(x, N // 2, r + 3, "irlba", tol=1e-11, options={"irlba": {"block_size": 2}}).s[:r]
             for method in methods:
-                w0, c0 = fft_pair_unit(N)
-                t0, p0 = time.perf_counter(), time.process_time()
-                try:
-                    ssa = SSA(N // 2, r, method=method).fit(x)
-                    ssa.reconstruct()
-                    err = None
-                except ConvergenceFailure as e:
-                    err = str(e)
-                wall, cpu = time.perf_counter() - t0, time.process_time() - p0
-                w1, c1 = fft_pair_unit(N)
-                unit_w, unit_c = (w0 + w1) / 2, (c0 + c1) / 2
+                best, err = None, None
+                for _ in range(repeat):
+                    w0, c0 = fft_pair_unit(N)
+                    t0, p0 = time.perf_counter(), time.process_time()
+                    try:
+                        ssa = SSA(N // 2, r, method=method).fit(x)
+                        ssa.reconstruct()
+                    except ConvergenceFailure as e:
+                        err = str(e)
+                        break
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+                    w1, c1 = fft_pair_unit(N)
+                    unit_w, unit_c = (w0 + w1) / 2, (c0 + c1) / 2
+                    if best is None or wall / unit_w < best[1]:
+                        best = (wall, wall / unit_w, best[2] if best else np.inf)
+                    best = (best[0], best[1], min(best[2], cpu / unit_c))
                 if err:
-                    print(f"{kind:6s} {N:9,d} {method:>10s}  ConvergenceFailure after {wall:.2f} s: {err[:200]}")
+                    print(f"{kind:6s} {N:9,d} {method:>10s}  ConvergenceFailure: {err[:200]}")
                     continue
                 d = ssa.diagnostics_
                 res = max(d["residuals"]) if d["residuals"] is not None else float("nan")
-                row = dict(kind=kind, N=N, method=method, used=ssa.method_, time=wall, pairs=wall / unit_w,
-                           pairs_cpu=cpu / unit_c, products=d["products"], residual=res, converged=d["converged"])
+                serr = float(np.max(np.abs(ssa.singular_values_ - ref)) / ref[0])
+                row = dict(kind=kind, N=N, method=method, used=ssa.method_, time=best[0], pairs=best[1],
+                           pairs_cpu=best[2], products=d["products"], residual=res, s_err=serr,
+                           converged=d["converged"])
                 rows.append(row)
-                print(f"{kind:6s} {N:9,d} {method:>10s} {ssa.method_:>10s} {wall:8.3f} {row['pairs']:6.1f} "
-                      f"{row['pairs_cpu']:9.1f} {d['products']:8d} {res:10.2e} {d['converged']}", flush=True)
+                print(f"{kind:6s} {N:9,d} {method:>10s} {ssa.method_:>10s} {best[0]:8.3f} {row['pairs']:6.1f} "
+                      f"{row['pairs_cpu']:9.1f} {d['products']:8d} {res:10.2e} {serr:9.1e} {d['converged']}",
+                      flush=True)
     return rows
 
 
@@ -217,6 +233,7 @@ def main():
     ap.add_argument("--child-1m", nargs=2, metavar=("N", "METHOD"))
     ap.add_argument("--only", choices=("10k", "1m", "rolling", "noisy"))
     ap.add_argument("--methods-1m", default="auto", help="comma-separated methods for case 4 at N = 1e6")
+    ap.add_argument("--repeat", type=int, default=3, help="case 4: runs per row, the smallest count is printed")
     a = ap.parse_args()
     if a.child_1m:
         case_1m_child(int(a.child_1m[0]), a.child_1m[1])
@@ -228,7 +245,8 @@ def main():
     if a.only in (None, "1m"):
         case_1m(100_000 if a.quick else 1_000_000)
     if a.only in (None, "noisy"):
-        case_noisy((20_000, 100_000) if a.quick else (100_000, 1_000_000), tuple(a.methods_1m.split(",")))
+        case_noisy((20_000, 100_000) if a.quick else (100_000, 1_000_000), tuple(a.methods_1m.split(",")),
+                   repeat=a.repeat)
     if a.only in (None, "rolling"):
         case_rolling(1_000 if a.quick else 10_000, 500, 100, 10)
 
