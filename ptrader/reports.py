@@ -284,7 +284,7 @@ def report_name(template: str, # template name
     label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
     return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
 
-# %% ../nbs/09_reports.ipynb #c7d3cc14
+# %% ../nbs/09_reports.ipynb #7118412c
 TEMPLATES_ENV = "PTRADER_TEMPLATES"  # extra template folders, separated by os.pathsep, searched after nbs/reports
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
@@ -315,7 +315,7 @@ def find_template(name: str) -> Path:
     raise FileNotFoundError(f"{missing}; ${TEMPLATES_ENV}: {', '.join(map(str, template_dirs())) or 'not set'}; "
                             f"known templates: {', '.join(list_templates()) or 'none'}")
 
-# %% ../nbs/09_reports.ipynb #6f15488c
+# %% ../nbs/09_reports.ipynb #80258cdc
 _LITERAL_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict, tuple: list}
 
 def _cell_defaults(path: Path) -> dict[str, tuple[typing.Any, typing.Any]]:
@@ -411,7 +411,7 @@ def parse_params(template: str, # template name (see `find_template`)
     try: return model(**values)
     except ValidationError as e: raise ValueError(f"template {template!r}: {one_line(e)}") from None
 
-# %% ../nbs/09_reports.ipynb #a8f1a422
+# %% ../nbs/09_reports.ipynb #3763ae0e
 RUNS_FILE = "runs.duckdb"  # the run table's file, inside the reports folder
 DEFAULT_KEEP = 20  # runs kept per template (`keep_runs`)
 KEEP_ENV = "PTRADER_REPORTS_KEEP"
@@ -499,7 +499,7 @@ def _import_records(con, out: Path) -> None:
         if isinstance(r, dict) and "name" in r and "parameters" in r and f.name == f"{r['name']}.json":
             con.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(r))
 
-# %% ../nbs/09_reports.ipynb #f13d8d0b
+# %% ../nbs/09_reports.ipynb #02210ed6
 _PRUNE_SQL = """
 SELECT name, ipynb, html, record, result FROM (
     SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
@@ -565,7 +565,7 @@ def runs(out_dir: Path | str | None = None, # the reports folder (default `repor
     for c in _JSON_COLUMNS: df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
     return df
 
-# %% ../nbs/09_reports.ipynb #4a69efdb
+# %% ../nbs/09_reports.ipynb #6150102d
 _FILTER_JS = """<script>
 (function () {  // show only the rows of the chosen template and status (ptrader.reports.write_index)
   var t = document.getElementById("f-template"), s = document.getElementById("f-status"), n = document.getElementById("shown");
@@ -627,7 +627,7 @@ def write_index(out_dir: Path | str | None = None) -> Path:
     os.replace(tmp, idx)
     return idx
 
-# %% ../nbs/09_reports.ipynb #9c11b648
+# %% ../nbs/09_reports.ipynb #ebb24eba
 def provenance(params: dict, # the parameters the run is given (after the runner filled in db_path, audit_db, ...)
                declared: set[str], # the names the template's parameters cell declares (`template_parameters`)
                db_path: Path | str | None = None, # the warehouse (default `warehouse_path()`)
@@ -661,7 +661,7 @@ def provenance(params: dict, # the parameters the run is given (after the runner
         except Exception as e: out["audit_trail"] = {"path": str(trail), "error": f"{type(e).__name__}: {e}"}
     return out
 
-# %% ../nbs/09_reports.ipynb #c200102a
+# %% ../nbs/09_reports.ipynb #101c1792
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
                params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
@@ -748,7 +748,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     log.info("report written: %s (%.1f s)", html_path, seconds)
     return run
 
-# %% ../nbs/09_reports.ipynb #ce390f5f
+# %% ../nbs/09_reports.ipynb #a91e8f15
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 def _cron_weekdays(field: str) -> str:
@@ -809,7 +809,7 @@ def catch_up(expr: str, # the schedule's cron expression
         t = trig.get_next_fire_time(None, t + dt.timedelta(microseconds=1))
     return newest
 
-# %% ../nbs/09_reports.ipynb #2a21e526
+# %% ../nbs/09_reports.ipynb #57e78f8c
 def add_schedule(template: str, # template name (see `find_template`)
                  cron: str, # crontab expression (see `cron_trigger`)
                  params: BaseModel | None = None, # validated parameters (`parse_params`); None: the template's defaults
@@ -870,7 +870,8 @@ def crontab_lines(out_dir: Path | str | None = None, # the reports folder holdin
     """Crontab lines equivalent to the stored schedules, for users who prefer cron to `ptrader scheduler run`:
     one `CRON_TZ=` line per change of time zone (cronie and systemd-cron honour it; elsewhere cron uses the
     system's zone), then `<cron> <ptrader> report run NAME -p ... --db WAREHOUSE --out REPORTS --quiet`, with
-    absolute paths, shell quoting and cron's `%` escaped. Cron runs each line whether or not an earlier run was
+    absolute paths, shell quoting and cron's `%` escaped (a template found through `$PTRADER_TEMPLATES` gets that
+    variable set on its line: cron does not have the user's environment). Cron runs each line whether or not an earlier run was
     missed (no catch-up) and mails its output; a failed run exits 1. A six-field (seconds) schedule becomes a
     comment: cron cannot express it."""
     out = (Path(out_dir) if out_dir is not None else _reports_dir()).absolute()
@@ -882,12 +883,17 @@ def crontab_lines(out_dir: Path | str | None = None, # the reports folder holdin
         if len(s.cron.split()) == 6:
             lines.append(f"# schedule {s.id} ({s.template}, '{s.cron}' {z}) has a seconds field: only `ptrader scheduler run` can run it"); continue
         if z != zone: lines.append(f"CRON_TZ={z}"); zone = z
+        try: path = find_template(s.template)
+        except (FileNotFoundError, ValueError): lines.append(f"# schedule {s.id}: template {s.template!r} not found; left out"); continue
+        try: template_path(s.template); env = []  # in nbs/reports
+        except FileNotFoundError: env = [f"{TEMPLATES_ENV}={shlex.quote(str(path.parent.absolute()))}"]  # cron has not the user's env
         db = s.db_path if isinstance(s.db_path, str) else str(warehouse_path())
         args = [exe, "report", "run", s.template, *param_args(s.parameters), "--db", db, "--out", str(out), "--quiet"]
-        lines.append(f"{s.cron} " + " ".join(shlex.quote(a) for a in args).replace("%", "\\%") + f"  # schedule {s.id}")
+        cmd = " ".join(env + [shlex.quote(a) for a in args]).replace("%", "\\%")
+        lines.append(f"{s.cron} {cmd}  # schedule {s.id}")
     return lines
 
-# %% ../nbs/09_reports.ipynb #5ac512ff
+# %% ../nbs/09_reports.ipynb #a86d5b2c
 def prepare_run(template: str, params: BaseModel, db_path: Path | str | None = None) -> Path:
     """What a run needs before Papermill starts; returns the warehouse path. The validation report ingests missing
     bundled symbols and checks its date range (`prepare_warehouse`); the compliance report needs its audit trail
@@ -1043,7 +1049,7 @@ class ReportScheduler:
         finally: timer.cancel()
         return self.runs
 
-# %% ../nbs/09_reports.ipynb #1af3f11d
+# %% ../nbs/09_reports.ipynb #c057f3ac
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # as `ptrader.cli`
 _EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the failing cell are recorded); 2 bad input (named on stderr); "
            "75 the warehouse is being written by another process (validation ingesting bundled data)")
@@ -1108,7 +1114,7 @@ def _report_cmd(a) -> int:
     if a.cmd == "templates":
         for n, p in list_templates().items():
             fields = template_model(n).model_fields
-            print(f"{n}  ({p})\n    " + ", ".join(f"{k}={f.default!r}" if f.default_factory is None else k for k, f in fields.items()))
+            print(f"{n}  ({p})\n    " + ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}" for k, f in fields.items()))
         return EXIT_OK
     if a.cmd == "unschedule":
         if not remove_schedule(a.id, a.out): raise ValueError(f"no schedule {a.id} in {runs_path(a.out)}")

@@ -225,11 +225,11 @@ def test_schedule_list_unschedule_and_the_equivalent_crontab(home):
     code, out, _ = call(cli_main, "schedule", "--print-crontab")
     lines = [l for l in out.splitlines() if l and not l.startswith("#")]
     assert lines[0] == "CRON_TZ=UTC" and lines[2] == "CRON_TZ=America/New_York"
-    fields = lines[1].split()
-    assert " ".join(fields[:5]) == "0 6 * * 1-5" and lines[1].endswith(f"# schedule {sid}")
-    exe = Path(fields[5])
+    assert lines[1].startswith("0 6 * * 1-5 ") and lines[1].endswith(f"# schedule {sid}")
+    words = shlex.split(lines[1][len("0 6 * * 1-5 "):].split("  # ")[0].replace("\\%", "%"))   # cron's % escaped
+    assert words[0] == f"PTRADER_TEMPLATES={TEMPLATES}"                    # hello is not in nbs/reports; cron lacks the env
+    exe, args = Path(words[1]), words[2:]
     assert exe.is_absolute() and exe.is_file() and os.access(exe, os.X_OK) and exe.name == "ptrader"
-    args = shlex.split(lines[1][len("0 6 * * 1-5 "):].split("  # ")[0].replace("\\%", "%"))[1:]   # cron's % escaped
     assert args[0] == "report"
     a = report_parser().parse_args(args[1:])                               # the line parses as `ptrader report run ...`
     assert (a.cmd, a.name, a.db, a.out, a.quiet) == ("run", "hello", home / "w.duckdb", home / "reports", True)
