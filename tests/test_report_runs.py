@@ -320,3 +320,28 @@ def test_one_minute_cron_runs_twice_one_failing_on_purpose(home):
     # a minute apart, each within seconds of its minute (a run's start is stamped after its imports: seconds on a busy machine)
     assert 45 <= (starts[1] - starts[0]).total_seconds() <= 75 and all(t.second <= 15 for t in starts), starts
     print(s.stdout + r.stdout + py("cli_main", "list").stdout)
+
+
+def test_index_filters_by_template_and_status_in_chromium(home):
+    "The index's two menus, in Debian's Chromium through Playwright: the rows shown are those of the chosen template and status."
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").is_file(): pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    out = home / "reports"; out.mkdir()
+    history = [("a", 0, "failed"), ("a", 1, "ok"), ("b", 2, "failed"), ("b", 3, "ok"), ("a", 4, "ok"), ("c", 5, "ok")]
+    for t, m, st in history: record_run(_fake_run(out, f"{t}-{m}", t, m, st), out, keep=1000, index=m == 5)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.goto((out / "index.html").as_uri())
+            shown = lambda: sorted(page.eval_on_selector_all("tr.run", "rs => rs.filter(r => r.offsetParent !== null)"
+                                                                           ".map(r => r.querySelector('a').getAttribute('href'))"))
+            assert shown() == sorted(f"{t}-{m}.html" for t, m, _ in history) and page.inner_text("#shown") == "6 shown"
+            page.select_option("#f-template", "a")
+            assert shown() == ["a-0.html", "a-1.html", "a-4.html"] and page.inner_text("#shown") == "3 shown"
+            page.select_option("#f-status", "failed")
+            assert shown() == ["a-0.html"]
+            page.select_option("#f-template", "")
+            assert shown() == ["a-0.html", "b-2.html"] and page.inner_text("#shown") == "2 shown"
+        finally: browser.close()
