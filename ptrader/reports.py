@@ -284,7 +284,7 @@ def report_name(template: str, # template name
     label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
     return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
 
-# %% ../nbs/09_reports.ipynb #28e2785f
+# %% ../nbs/09_reports.ipynb #b2e4e925
 TEMPLATES_ENV = "PTRADER_TEMPLATES"  # extra template folders, separated by os.pathsep, searched after nbs/reports
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
@@ -315,7 +315,7 @@ def find_template(name: str) -> Path:
     raise FileNotFoundError(f"{missing}; ${TEMPLATES_ENV}: {', '.join(map(str, template_dirs())) or 'not set'}; "
                             f"known templates: {', '.join(list_templates()) or 'none'}")
 
-# %% ../nbs/09_reports.ipynb #4147998b
+# %% ../nbs/09_reports.ipynb #e4c4c929
 _LITERAL_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict, tuple: list}
 
 def _cell_defaults(path: Path) -> dict[str, tuple[typing.Any, typing.Any]]:
@@ -411,7 +411,7 @@ def parse_params(template: str, # template name (see `find_template`)
     try: return model(**values)
     except ValidationError as e: raise ValueError(f"template {template!r}: {one_line(e)}") from None
 
-# %% ../nbs/09_reports.ipynb #7b8c065c
+# %% ../nbs/09_reports.ipynb #cd4b7a33
 RUNS_FILE = "runs.duckdb"  # the run table's file, inside the reports folder
 DEFAULT_KEEP = 20  # runs kept per template (`keep_runs`)
 KEEP_ENV = "PTRADER_REPORTS_KEEP"
@@ -499,7 +499,7 @@ def _import_records(con, out: Path) -> None:
         if isinstance(r, dict) and "name" in r and "parameters" in r and f.name == f"{r['name']}.json":
             con.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(r))
 
-# %% ../nbs/09_reports.ipynb #d752845c
+# %% ../nbs/09_reports.ipynb #80dddfb8
 _PRUNE_SQL = """
 SELECT name, ipynb, html, record, result FROM (
     SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
@@ -565,7 +565,7 @@ def runs(out_dir: Path | str | None = None, # the reports folder (default `repor
     for c in _JSON_COLUMNS: df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
     return df
 
-# %% ../nbs/09_reports.ipynb #c4da85b1
+# %% ../nbs/09_reports.ipynb #9c307cfc
 _FILTER_JS = """<script>
 (function () {  // show only the rows of the chosen template and status (ptrader.reports.write_index)
   var t = document.getElementById("f-template"), s = document.getElementById("f-status"), n = document.getElementById("shown");
@@ -627,7 +627,7 @@ def write_index(out_dir: Path | str | None = None) -> Path:
     os.replace(tmp, idx)
     return idx
 
-# %% ../nbs/09_reports.ipynb #6f74c5bf
+# %% ../nbs/09_reports.ipynb #9c1fd931
 def provenance(params: dict, # the parameters the run is given (after the runner filled in db_path, audit_db, ...)
                declared: set[str], # the names the template's parameters cell declares (`template_parameters`)
                db_path: Path | str | None = None, # the warehouse (default `warehouse_path()`)
@@ -661,7 +661,7 @@ def provenance(params: dict, # the parameters the run is given (after the runner
         except Exception as e: out["audit_trail"] = {"path": str(trail), "error": f"{type(e).__name__}: {e}"}
     return out
 
-# %% ../nbs/09_reports.ipynb #e4ccd0a9
+# %% ../nbs/09_reports.ipynb #af8d38f5
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
                params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
@@ -748,7 +748,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     log.info("report written: %s (%.1f s)", html_path, seconds)
     return run
 
-# %% ../nbs/09_reports.ipynb #36d7bc1f
+# %% ../nbs/09_reports.ipynb #1f90de28
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 def _cron_weekdays(field: str) -> str:
@@ -809,7 +809,7 @@ def catch_up(expr: str, # the schedule's cron expression
         t = trig.get_next_fire_time(None, t + dt.timedelta(microseconds=1))
     return newest
 
-# %% ../nbs/09_reports.ipynb #a631cc90
+# %% ../nbs/09_reports.ipynb #7a97f2de
 def add_schedule(template: str, # template name (see `find_template`)
                  cron: str, # crontab expression (see `cron_trigger`)
                  params: BaseModel | None = None, # validated parameters (`parse_params`); None: the template's defaults
@@ -893,7 +893,7 @@ def crontab_lines(out_dir: Path | str | None = None, # the reports folder holdin
         lines.append(f"{s.cron} {cmd}  # schedule {s.id}")
     return lines
 
-# %% ../nbs/09_reports.ipynb #151189ee
+# %% ../nbs/09_reports.ipynb #0244bc7c
 def prepare_run(template: str, params: BaseModel, db_path: Path | str | None = None) -> Path:
     """What a run needs before Papermill starts; returns the warehouse path. The validation report ingests missing
     bundled symbols and checks its date range (`prepare_warehouse`); the compliance report needs its audit trail
@@ -991,6 +991,7 @@ class ReportScheduler:
         try:
             row = next((r for r in schedules(self.out).itertuples(index=False) if int(r.id) == sid), None)
             if row is None: return
+            if missed is not None: log.info("schedule %d: catch-up run for the missed fire of %s", sid, missed.isoformat())
             started = dt.datetime.now(dt.timezone.utc)
             with run_table(self.out) as con: con.execute("UPDATE schedules SET last_fire_utc = ? WHERE id = ?", [_utc(started), sid])
             status, name = self._run(row, started)
@@ -1049,7 +1050,7 @@ class ReportScheduler:
         finally: timer.cancel()
         return self.runs
 
-# %% ../nbs/09_reports.ipynb #b2aa8a7d
+# %% ../nbs/09_reports.ipynb #f857077a
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # as `ptrader.cli`
 _EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the failing cell are recorded); 2 bad input (named on stderr); "
            "75 the warehouse is being written by another process (validation ingesting bundled data)")

@@ -306,20 +306,20 @@ def test_scheduler_survives_a_failing_run_seconds_trigger(home):
 def test_one_minute_cron_runs_twice_one_failing_on_purpose(home):
     "The must-show, as a user runs it: `ptrader report schedule` then `ptrader scheduler run`, in subprocesses (up to ~2.5 min)."
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    py = lambda fn, *args, **kw: subprocess.run([sys.executable, "-c", f"import sys; from ptrader.reports import {fn}; sys.exit({fn}(sys.argv[1:]))",
-                                                 *map(str, args)], env=env, capture_output=True, text=True, **kw)
-    s = py("cli_main", "schedule", "hello", "--cron", "* * * * *", "-p", f"counter_file={home / 'count'}", "-p", "fail_on_run=1")
+    py = lambda *args, **kw: subprocess.run([sys.executable, "-c", "import sys; from ptrader.cli import main; sys.exit(main())",
+                                             *map(str, args)], env=env, capture_output=True, text=True, **kw)
+    s = py("report", "schedule", "hello", "--cron", "* * * * *", "-p", f"counter_file={home / 'count'}", "-p", "fail_on_run=1")
     assert s.returncode == 0, s.stderr
     sid = int(re.match(r"schedule (\d+):", s.stdout).group(1))
     until = (dt.datetime.now(UTC) + dt.timedelta(seconds=190)).isoformat()
     # --grace 0: no catch-up run at start for a fire missed between `schedule` and `run`; both runs are cron fires
-    r = py("scheduler_main", "run", "--max-runs", "2", "--until", until, "--grace", "0", timeout=300)
+    r = py("scheduler", "run", "--max-runs", "2", "--until", until, "--grace", "0", timeout=300)
     assert r.returncode == 0, r.stderr
     df = _check_two_scheduled_runs(home, sid, r.stdout)
     starts = sorted(pd.to_datetime(df.started_utc))
     # a minute apart, each within seconds of its minute (a run's start is stamped after its imports: seconds on a busy machine)
     assert 45 <= (starts[1] - starts[0]).total_seconds() <= 75 and all(t.second <= 15 for t in starts), starts
-    print(s.stdout + r.stdout + py("cli_main", "list").stdout)
+    print(s.stdout + r.stdout + py("report", "list").stdout)
 
 
 def test_index_filters_by_template_and_status_in_chromium(home):
