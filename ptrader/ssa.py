@@ -632,7 +632,11 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         Residual tolerance of the iterative methods, relative to the largest singular value: every returned triple
         has ``max(||X v - s u||, ||X^T u - s v||) <= tol * s_1``. Then each ``s_k`` is within ``tol * s_1`` of a
         singular value of X (within ``(tol * s_1)^2 / gap_k`` when it is separated by ``gap_k`` from the rest), and the
-        angle between ``u_k`` and the exact vector is at most ``tol * s_1 / gap_k``.
+        angle between ``u_k`` and the exact vector is at most ``tol * s_1 / gap_k``. The residual test cannot see a triple
+        the Krylov space has missed: a near-double value (the sine/cosine pairs of a noise floor) started with a small
+        component along one member can come back as its twin, e.g. ``s_6`` in place of ``s_5`` (both meet `tol`);
+        irlba with ``block_size=2`` starts with two vectors and so sees both members (it did on every noisy series and
+        seed tried at N = 1e5), at about twice the products.
     options : mapping method -> mapping, optional
         Per-method settings: irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
         ``max_restarts`` (100); randomized ``n_oversamples`` (10), ``n_iter`` (2), ``max_iter`` (``n_iter``; 200 in
