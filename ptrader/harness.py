@@ -42,7 +42,7 @@ __all__ = ['logger', 'BASELINES', 'SUPERIORITY_TESTS', 'REGIMES', 'LADDER', 'Gat
            'capital_ladder', 'verdict_sentence', 'profit_factor', 'promotion_table', 'HarnessResult', 'evaluate',
            'record_harness', 'evaluate_warehouse', 'cli_main']
 
-# %% ../nbs/08_harness.ipynb #38077182
+# %% ../nbs/08_harness.ipynb #cc1a2910
 class GateThresholds(BaseModel):
     "Go/no-go thresholds (defaults from the plan; see the section text). Rates are fractions, latencies seconds."
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -89,7 +89,10 @@ class HarnessConfig(BaseModel):
     forecast_models: list[str] = Field(default_factory=lambda: ["ssa"], description="forecast-driven challengers of the promotion table ('ssa', 'sarimax')")
     promotion_symbol: str | None = Field(None, description="the one symbol the forecast challengers run on (None: the first symbol)")
     live_risk: bool = Field(True, description="True: the live RiskLimits() defaults; False: RiskLimits.permissive()")
-    validator: bool = Field(True, description="False: no SignalValidator (every Decision is accepted): for repeated-seed loops")
+    validator: str = Field("agent", pattern="^(agent|all|none)$", description="whose decisions pass the five-layer SignalValidator: "
+                           "'agent' (the judged agent's, as in production; the baselines' go to the broker directly), 'all', 'none'")
+    alignment_agents: str = Field("agent", pattern="^(agent|all)$", description="whose runs are replayed for the paper alignment: "
+                                  "'agent' (the judged one; the first baseline when none is judged) or 'all'")
     significance_only: bool = Field(False, description="True: only the runs, the comparison family and the two significance gates "
                                     "(the fast path of repeated-seed size and power loops; the other tables are empty, their gates NOT RUN)")
     paper_alignment: bool = Field(True, description="False skips the vectorized replay (the alignment gate reads NOT RUN): for repeated-seed loops")
@@ -154,7 +157,7 @@ def test_windows(n_bars: int, # bars of the symbol
 
 test_windows.__test__ = False   # not a pytest test
 
-# %% ../nbs/08_harness.ipynb #eb58165a
+# %% ../nbs/08_harness.ipynb #15be0a17
 class _Timed:
     """Forwards to `agent`; records the wall seconds of each `decide` as `last_info['decide_s']`. At or after
     `stop_at` (a window's last bar, whose orders would fill after the window) it answers HOLD without asking."""
@@ -200,11 +203,11 @@ def walk_forward_runs(agent, # an Agent (`.name`, `.decide(view)`)
                       offset: int, # `symbol_data(...)[1]`
                       windows: pd.DataFrame, # `test_windows(...)` of that symbol (positions in the full bars)
                       config: HarnessConfig,
+                      validate: bool = True, # pass the decisions through a SignalValidator
                      ) -> list:
     """`run_agent` over each window: decisions every `cadence` bars from the close of `start - 1`, a fresh
     account (a `WindowBroker` opening at that bar: cash `initial_cash`, `FixedBpsSlippage(slippage_bps)`,
-    `PercentCommission(fees_bps)`, `config.risk_limits()`) and a `SignalValidator` per window (unless
-    `config.validator` is False). Returns the `AgentRun`s in window order (without the HOLD at each window's last
+    `PercentCommission(fees_bps)`, `config.risk_limits()`) and, with `validate`, a `SignalValidator` per window. Returns the `AgentRun`s in window order (without the HOLD at each window's last
     bar, see `test_windows`).
 
     Raises `LookAheadError` naming agent, symbol, window and bar when the agent reads past t."""
@@ -217,7 +220,7 @@ def walk_forward_runs(agent, # an Agent (`.name`, `.decide(view)`)
         timed.stop_at = idx[end]
         try:
             run = run_agent(timed, data, start=first, end=end, cadence=config.cadence, broker=broker,
-                            validator=SignalValidator([data.symbol]) if config.validator else None)
+                            validator=SignalValidator([data.symbol]) if validate else None)
         except LookAheadError as e:
             raise LookAheadError(f"agent {agent.name!r} refused: it read past the close of the bar it decided at "
                                  f"({data.symbol}, window {w.split}, decisions {idx[first].date()}..{idx[end].date()}): {e}") from e
@@ -916,7 +919,7 @@ class HarnessResult:
                           llm_status=self.llm_status, alignment_rate=self.alignment_rate, budget=self.budget,
                           gates=self.gates.to_dict("records"), ladder=self.ladder.to_dict("records")))
 
-# %% ../nbs/08_harness.ipynb #8ce10c39
+# %% ../nbs/08_harness.ipynb #42c76aa4
 def _bars_map(bars) -> dict[str, pd.DataFrame]:
     if isinstance(bars, pd.DataFrame):
         if not isinstance(bars.index, pd.MultiIndex): raise DataValidationError("one DataFrame of bars must have a (symbol, ts) MultiIndex", rule="shape")
@@ -980,7 +983,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     t0 = time.perf_counter()
     if agent is not None:
         for s in config.symbols:
-            for k, r in enumerate(walk_forward_runs(agent, *datas[s], wins[s], config)): runs[(name, s, k)] = r
+            for k, r in enumerate(walk_forward_runs(agent, *datas[s], wins[s], config, config.validator != "none")): runs[(name, s, k)] = r
         elapsed[name] = time.perf_counter() - t0
         if client is not None:
             n_ans = agent.counts.get("answers", 0)
@@ -1006,7 +1009,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     for b in baselines:
         tb = time.perf_counter()
         for s in config.symbols:
-            for k, r in enumerate(walk_forward_runs(b, *datas[s], wins[s], config)): runs[(b.name, s, k)] = r
+            for k, r in enumerate(walk_forward_runs(b, *datas[s], wins[s], config, config.validator == "all")): runs[(b.name, s, k)] = r
         elapsed[b.name] = time.perf_counter() - tb
     secs["baselines"] = time.perf_counter() - t0
     agents = ([name] if name else []) + base_names
@@ -1055,7 +1058,9 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     # paper alignment
     t0 = time.perf_counter()
     al_rows, divs = [], []
+    replay = set(agents) if config.alignment_agents == "all" else {name or base_names[0]}
     for (a, s, k), r in (runs.items() if config.paper_alignment else ()):
+        if a not in replay: continue
         summ, dv = paper_alignment(r, window_bars(*datas[s], wins[s].iloc[k]), config.test_bars, config, fills_of.get((a, s, k)))
         al_rows.append(dict(agent=a, symbol=s, split=k, **summ)); divs.append(dv.assign(split=k))
     alignment = pd.DataFrame(al_rows, columns=["agent", "symbol", "split", "bars", "aligned", "rate"])
@@ -1073,7 +1078,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
         fdata = symbol_data(full[psym], psym, wins[psym], config.context_bars, forecasters={m: fcs[m]() for m in config.forecast_models})
         for m in config.forecast_models:
             fa = ForecastAgent(m)
-            frs = walk_forward_runs(fa, *fdata, wins[psym], config)
+            frs = walk_forward_runs(fa, *fdata, wins[psym], config, config.validator == "all")
             prom_ret[fa.name] = pd.concat([window_returns(r, config.test_bars) for r in frs]).to_numpy()
             for k, r in enumerate(frs): runs[(fa.name, psym, k)] = r
             challengers.append(fa.name)

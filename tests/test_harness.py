@@ -64,7 +64,7 @@ class Planted:
 # the fast path for repeated seeds: one symbol, 6 windows of 42 bars (252 test bars), daily decisions, no costs,
 # no risk limits binding, no validator, only the comparison and the significance gates, 200 bootstrap replications
 FAST = HarnessConfig(agent="none", symbols=["SYN"], splits=6, test_bars=42, context_bars=5, cadence=1, fees_bps=0,
-                     slippage_bps=0, live_risk=False, forecast_models=[], reps=200, validator=False, significance_only=True,
+                     slippage_bps=0, live_risk=False, forecast_models=[], reps=200, significance_only=True, validator="none",
                      baselines=["buy_and_hold"])
 RHO = 0.4   # the planted strength
 
@@ -155,7 +155,8 @@ class UpDay:
 
 
 def test_honest_agents_align_fully_on_bars_without_gaps():
-    r = evaluate(small_bars(), SMALL, agent=UpDay(), baselines=[BuyAndHold()])
+    r = evaluate(small_bars(), SMALL.model_copy(update={"alignment_agents": "all"}), agent=UpDay(), baselines=[BuyAndHold()])
+    assert set(r.alignment.agent) == {"up_day", "buy_and_hold"}
     al = r.alignment.groupby("agent")[["aligned", "bars"]].sum()
     assert (al.aligned == al.bars).all(), al
     assert r.alignment_rate == 1.0 and r.divergences.empty
