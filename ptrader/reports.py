@@ -284,7 +284,7 @@ def report_name(template: str, # template name
     label = re.sub(r"[^A-Za-z0-9._^=-]+", "-", str(label)).strip("-")[:80] or "run"
     return f"{template}-{label}-{started:%Y%m%dT%H%M%S%fZ}"
 
-# %% ../nbs/09_reports.ipynb #b2e4e925
+# %% ../nbs/09_reports.ipynb #37f7d54b
 TEMPLATES_ENV = "PTRADER_TEMPLATES"  # extra template folders, separated by os.pathsep, searched after nbs/reports
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
@@ -315,7 +315,7 @@ def find_template(name: str) -> Path:
     raise FileNotFoundError(f"{missing}; ${TEMPLATES_ENV}: {', '.join(map(str, template_dirs())) or 'not set'}; "
                             f"known templates: {', '.join(list_templates()) or 'none'}")
 
-# %% ../nbs/09_reports.ipynb #e4c4c929
+# %% ../nbs/09_reports.ipynb #64e3ddb9
 _LITERAL_TYPES = {bool: bool, int: int, float: float, str: str, list: list, dict: dict, tuple: list}
 
 def _cell_defaults(path: Path) -> dict[str, tuple[typing.Any, typing.Any]]:
@@ -411,7 +411,7 @@ def parse_params(template: str, # template name (see `find_template`)
     try: return model(**values)
     except ValidationError as e: raise ValueError(f"template {template!r}: {one_line(e)}") from None
 
-# %% ../nbs/09_reports.ipynb #cd4b7a33
+# %% ../nbs/09_reports.ipynb #74d9afb3
 RUNS_FILE = "runs.duckdb"  # the run table's file, inside the reports folder
 DEFAULT_KEEP = 20  # runs kept per template (`keep_runs`)
 KEEP_ENV = "PTRADER_REPORTS_KEEP"
@@ -499,7 +499,7 @@ def _import_records(con, out: Path) -> None:
         if isinstance(r, dict) and "name" in r and "parameters" in r and f.name == f"{r['name']}.json":
             con.execute(f"INSERT OR IGNORE INTO runs VALUES ({', '.join('?' * len(RUN_COLUMNS))})", _row(r))
 
-# %% ../nbs/09_reports.ipynb #80dddfb8
+# %% ../nbs/09_reports.ipynb #fc66f7e2
 _PRUNE_SQL = """
 SELECT name, ipynb, html, record, result FROM (
     SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
@@ -565,7 +565,7 @@ def runs(out_dir: Path | str | None = None, # the reports folder (default `repor
     for c in _JSON_COLUMNS: df[c] = [json.loads(v) if isinstance(v, str) else {} for v in df[c]]
     return df
 
-# %% ../nbs/09_reports.ipynb #9c307cfc
+# %% ../nbs/09_reports.ipynb #ce1492cd
 _FILTER_JS = """<script>
 (function () {  // show only the rows of the chosen template and status (ptrader.reports.write_index)
   var t = document.getElementById("f-template"), s = document.getElementById("f-status"), n = document.getElementById("shown");
@@ -627,7 +627,7 @@ def write_index(out_dir: Path | str | None = None) -> Path:
     os.replace(tmp, idx)
     return idx
 
-# %% ../nbs/09_reports.ipynb #9c1fd931
+# %% ../nbs/09_reports.ipynb #e91aa4a2
 def provenance(params: dict, # the parameters the run is given (after the runner filled in db_path, audit_db, ...)
                declared: set[str], # the names the template's parameters cell declares (`template_parameters`)
                db_path: Path | str | None = None, # the warehouse (default `warehouse_path()`)
@@ -661,7 +661,7 @@ def provenance(params: dict, # the parameters the run is given (after the runner
         except Exception as e: out["audit_trail"] = {"path": str(trail), "error": f"{type(e).__name__}: {e}"}
     return out
 
-# %% ../nbs/09_reports.ipynb #af8d38f5
+# %% ../nbs/09_reports.ipynb #095e4f03
 def run_report(template: str = "validation", # template name in nbs/reports/ (or the installed copy)
                params: BaseModel | None = None, # validated parameters (`ValidationParams` for validation)
                *, db_path: Path | str | None = None, # warehouse (default `warehouse_path()`)
@@ -748,7 +748,7 @@ def run_report(template: str = "validation", # template name in nbs/reports/ (or
     log.info("report written: %s (%.1f s)", html_path, seconds)
     return run
 
-# %% ../nbs/09_reports.ipynb #1f90de28
+# %% ../nbs/09_reports.ipynb #7909b53c
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 def _cron_weekdays(field: str) -> str:
@@ -809,7 +809,7 @@ def catch_up(expr: str, # the schedule's cron expression
         t = trig.get_next_fire_time(None, t + dt.timedelta(microseconds=1))
     return newest
 
-# %% ../nbs/09_reports.ipynb #7a97f2de
+# %% ../nbs/09_reports.ipynb #dc4e4b4f
 def add_schedule(template: str, # template name (see `find_template`)
                  cron: str, # crontab expression (see `cron_trigger`)
                  params: BaseModel | None = None, # validated parameters (`parse_params`); None: the template's defaults
@@ -893,7 +893,7 @@ def crontab_lines(out_dir: Path | str | None = None, # the reports folder holdin
         lines.append(f"{s.cron} {cmd}  # schedule {s.id}")
     return lines
 
-# %% ../nbs/09_reports.ipynb #0244bc7c
+# %% ../nbs/09_reports.ipynb #71e7a97d
 def prepare_run(template: str, params: BaseModel, db_path: Path | str | None = None) -> Path:
     """What a run needs before Papermill starts; returns the warehouse path. The validation report ingests missing
     bundled symbols and checks its date range (`prepare_warehouse`); the compliance report needs its audit trail
@@ -913,6 +913,7 @@ def _failed_record(template: str, name: str, params: dict, started: dt.datetime,
             "status": "failed", "error": error, "parameters": params, "html": None, "ipynb": None, "result": None,
             "versions": _versions(), "trigger": trigger, "provenance": {}}
 
+# %% ../nbs/09_reports.ipynb #48916f7f
 class ReportScheduler:
     """Runs the schedules stored in `out_dir`'s run table in the foreground, with APScheduler's `BlockingScheduler`.
 
@@ -1050,7 +1051,7 @@ class ReportScheduler:
         finally: timer.cancel()
         return self.runs
 
-# %% ../nbs/09_reports.ipynb #f857077a
+# %% ../nbs/09_reports.ipynb #2150e638
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY = 0, 1, 2, 75  # as `ptrader.cli`
 _EPILOG = ("exit codes: 0 done; 1 the report run failed (its files and the failing cell are recorded); 2 bad input (named on stderr); "
            "75 the warehouse is being written by another process (validation ingesting bundled data)")
@@ -1161,6 +1162,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     in one line on stderr before anything runs."""
     return _guarded("ptrader report", report_parser(), argv, _report_cmd)
 
+# %% ../nbs/09_reports.ipynb #cf2fce83
 def scheduler_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptrader scheduler` (`scheduler_main`)."
     ap = argparse.ArgumentParser(prog="ptrader scheduler", epilog="exit codes: 0 stopped (--max-runs, --until or Ctrl-C; failed runs are "
