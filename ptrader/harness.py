@@ -39,10 +39,10 @@ __all__ = ['logger', 'BASELINES', 'SUPERIORITY_TESTS', 'REGIMES', 'LADDER', 'Gat
            'round_trips', 'call_outcomes', 'walk_forward_calibrated', 'decision_quality', 'holm', 'portfolio_returns',
            'sharpe_difference_bootstrap', 'direction_forecasts', 'compare_agent', 'regime_labels', 'regime_table',
            'power_table', 'signals_of', 'paper_alignment', 'stop_rule', 'significance_gates', 'gates_table',
-           'capital_ladder', 'verdict_sentence', 'profit_factor', 'promotion_table', 'HarnessResult', 'evaluate',
-           'record_harness', 'evaluate_warehouse', 'cli_main']
+           'capital_ladder', 'verdict_sentence', 'profit_factor', 'promotion_table', 'llm_decisions', 'HarnessResult',
+           'evaluate', 'record_harness', 'evaluate_warehouse', 'cli_main']
 
-# %% ../nbs/08_harness.ipynb #cc1a2910
+# %% ../nbs/08_harness.ipynb #86dccb8c
 class GateThresholds(BaseModel):
     "Go/no-go thresholds (defaults from the plan; see the section text). Rates are fractions, latencies seconds."
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -82,7 +82,8 @@ class HarnessConfig(BaseModel):
     slippage_bps: float = Field(DEFAULTS.slippage_bps, ge=0, le=1000, description="adverse price move per fill, basis points")
     seed: int = Field(DEFAULTS.seed, ge=0, description="seed of the random baseline and of every bootstrap")
     periods_per_year: int = Field(DEFAULTS.periods_per_year, ge=1, le=100_000, description="bars per year for annualization")
-    trials: int | None = Field(None, ge=1, description="configurations tried (prompts x models x cadences ...) for the DSR; None: the agents evaluated")
+    trials: int = Field(1, ge=1, le=1_000_000, description="agent configurations tried (prompts x models x cadences ...), counted by the DSR; "
+                        "the default counts this run's one configuration: pass every configuration tried before it")
     reps: int = Field(1000, ge=100, le=100_000, description="bootstrap replications (Sharpe difference, SPA, StepM)")
     baselines: list[str] = Field(default_factory=lambda: ["buy_and_hold", "ma_crossover", "momentum", "random"],
                                  description="baselines run beside the agent (see `BASELINES`)")
@@ -659,7 +660,7 @@ def paper_alignment(run, # an AgentRun of one window
     div = pd.DataFrame(rows, columns=["ts", "symbol", "agent", "paper_state", "replay_state", "paper_fills", "replay_fills", "since", "cause"])
     return dict(bars=test_bars, aligned=aligned, rate=aligned / test_bars), div
 
-# %% ../nbs/08_harness.ipynb #ebd0377f
+# %% ../nbs/08_harness.ipynb #36f41241
 LADDER = (("$1k signal validation", 1_000, ("valid decisions", "p95 latency")),
           ("$5k paper", 5_000, ("directional accuracy", "superiority after Holm", "deflated Sharpe ratio", "positive Sharpe in every regime", "max drawdown")),
           ("$10k initial live", 10_000, ("paper alignment",)),
@@ -682,6 +683,7 @@ def stop_rule(calls: pd.DataFrame, # one agent's call_outcomes (ts, correct)
     full = s.index >= s.index[0] + pd.Timedelta(days=g.stop_window_days - 1)   # only windows the calls span whole
     judged = acc[(cnt >= g.stop_min_calls) & full]
     bad = judged[judged < g.stop_accuracy]
+    if not len(judged): return dict(triggered=None, at=None, accuracy=math.nan, windows=0)
     return dict(triggered=bool(len(bad)), at=bad.index[0] if len(bad) else None,
                 accuracy=float(bad.iloc[0]) if len(bad) else (float(judged.min()) if len(judged) else math.nan), windows=int(len(judged)))
 
@@ -750,7 +752,8 @@ def capital_ladder(gates: pd.DataFrame, power: pd.DataFrame, stop: dict) -> tupl
     for name, cash, req in LADDER:
         if req == ("trades for the target win rate",):
             earned = pw["n_now"] >= pw["n_needed"] and pw["observed"] >= pw["target"]
-            ev = f"{int(pw['n_now'])} trades at {pw['observed']:.1%} win rate; needs {int(pw['n_needed'])} at {pw['target']:.0%}"
+            wr = f"{pw['observed']:.1%}" if np.isfinite(pw["observed"]) else "n/a"
+            ev = f"{int(pw['n_now'])} trades at {wr} win rate; needs {int(pw['n_needed'])} at {pw['target']:.0%}"
         else:
             earned = all(st.get(r) == "PASS" for r in req)
             ev = ", ".join(f"{r}: {st.get(r, 'NOT RUN')}" for r in req)
@@ -762,7 +765,8 @@ def capital_ladder(gates: pd.DataFrame, power: pd.DataFrame, stop: dict) -> tupl
     rows.append(dict(stage="stop rule", capital=0, requires="accuracy < 45% over 30 days", status=(
         "TRIGGERED" if s["triggered"] else ("NOT RUN" if s["triggered"] is None else "CLEAR")),
         evidence=(f"accuracy {s['accuracy']:.1%} in the 30 days to {pd.Timestamp(s['at']).date()}" if s["triggered"] else
-                  (f"too few calls to judge" if s["triggered"] is None else f"lowest 30-day accuracy {s['accuracy']:.1%} over {s['windows']} windows"))))
+                  ("no full 30-day window with enough calls to judge" if s["triggered"] is None else
+                   f"lowest 30-day accuracy {s['accuracy']:.1%} over {s['windows']} windows"))))
     return stage, pd.DataFrame(rows)
 
 
@@ -814,6 +818,11 @@ def promotion_table(returns: pd.DataFrame, # ts x candidates (one symbol)
     t["decision"] = np.where(t["candidate"] == win, "promoted" if len(el) else "incumbent stays",
                              np.where(ch, "not promoted", "replaced"))
     return t
+
+# %% ../nbs/08_harness.ipynb #70ae6602
+def llm_decisions(config: HarnessConfig) -> int:
+    "Model calls `evaluate` makes for an LLM agent when every symbol has `config.splits` windows (see the text above)."
+    return len(config.symbols) * config.splits * ((config.test_bars - 1) // config.cadence + 1)
 
 # %% ../nbs/08_harness.ipynb #e45bc0b3
 @dataclass(frozen=True, eq=False)
@@ -919,7 +928,7 @@ class HarnessResult:
                           llm_status=self.llm_status, alignment_rate=self.alignment_rate, budget=self.budget,
                           gates=self.gates.to_dict("records"), ladder=self.ladder.to_dict("records")))
 
-# %% ../nbs/08_harness.ipynb #42c76aa4
+# %% ../nbs/08_harness.ipynb #5a580a45
 def _bars_map(bars) -> dict[str, pd.DataFrame]:
     if isinstance(bars, pd.DataFrame):
         if not isinstance(bars.index, pd.MultiIndex): raise DataValidationError("one DataFrame of bars must have a (symbol, ts) MultiIndex", rule="shape")
@@ -1039,7 +1048,7 @@ def evaluate(bars, # {symbol: OHLC bars indexed by ts} or one (symbol, ts) frame
     # comparison
     t0 = time.perf_counter()
     port = portfolio_returns(returns)
-    trials = int(config.trials or len(agents))
+    trials = int(config.trials)
     if name:
         comparison, best, figs = compare_agent(name, port, base_names, decisions, closes, trials=trials, alpha=config.gates.alpha,
                                                reps=config.reps, seed=config.seed, periods_per_year=config.periods_per_year)
@@ -1158,7 +1167,7 @@ def record_harness(res: HarnessResult, runs: Mapping, audit, run_id: str) -> int
     trail.record_many(entries)
     return len(entries)
 
-# %% ../nbs/08_harness.ipynb #c0e5533e
+# %% ../nbs/08_harness.ipynb #77a1e63f
 def evaluate_warehouse(db_path=None, # the warehouse (default: $PTRADER_DB or data/ptrader.duckdb)
                        config: HarnessConfig = HarnessConfig(),
                        *, audit_db=None, # an audit trail path: record the run there
@@ -1192,8 +1201,11 @@ def evaluate_warehouse(db_path=None, # the warehouse (default: $PTRADER_DB or da
             logger.warning("%s: the local model cannot be served (%s); the baselines run alone", cfg.agent, e)
             res = evaluate(bars, cfg.model_copy(update={"agent": "none"}), vix=vix, audit=audit_db, run_id=run_id)
             status = f"unreachable: the local model cannot be served: {e}"
-            return HarnessResult(**{**res.__dict__, "llm_status": status, "config": cfg,
-                                    "verdict": f"NO-GO: {cfg.agent} could not be judged ({status}); the baselines ran (best: {res.best_baseline})."})
+            import dataclasses
+            out = dataclasses.replace(res, llm_status=status, config=cfg,
+                                      verdict=f"NO-GO: {cfg.agent} could not be judged ({status}); the baselines ran (best: {res.best_baseline}).")
+            object.__setattr__(out, "_calls", res.calls())
+            return out
     try:
         return evaluate(bars, cfg, vix=vix, audit=audit_db, run_id=run_id, llm_client=client)
     finally:
