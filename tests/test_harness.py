@@ -202,6 +202,14 @@ def test_planted_fill_rule_divergence_is_detected_and_explained():
     assert div.ts.iloc[0] == b.index[i] and div.paper_state.iloc[0] == 0 and div.replay_state.iloc[0] == 1
 
 
+def test_short_symbol_is_left_out_and_named():
+    bars = {**small_bars(), "TINY": synthetic_bars(100, seed=9)}
+    r = evaluate(bars, SMALL.model_copy(update={"symbols": ["S0", "S1", "TINY"]}), agent=UpDay(), baselines=[BuyAndHold()])
+    assert r.budget["symbols"] == ["S0", "S1"] and "needs at least 282" in r.budget["skipped"]["TINY"]
+    with pytest.raises(Exception, match="no symbol has enough bars"):
+        evaluate({"TINY": bars["TINY"]}, SMALL.model_copy(update={"symbols": ["TINY"]}), agent=UpDay())
+
+
 def test_unreachable_model_runs_the_baselines(tmp_path):
     from ptrader.llm import free_port
     cfg = SMALL.model_copy(update={"agent": "ollama:smollm2:135m", "llm_host": f"http://127.0.0.1:{free_port()}"})
