@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--agent", metavar="SPEC", help="the agent the 'Agentic validation' section judges: ollama:MODEL, or none to skip it "
                      "(default: ollama:smollm2:135m, the bundled model through `ptrader llm serve`, run only if it answers; "
                      "given explicitly, a model that gives no answer fails the run)")
-    val.add_argument("--agent-symbols", nargs="+", metavar="SYM", help="symbols the agent and its baselines trade (default SP500 NASDAQ WTI)")
+    val.add_argument("--agent-symbols", nargs="+", metavar="SYM", help="symbols the agent and its baselines trade (default: the report's --symbols; bundled WTI is another)")
     val.add_argument("--agent-cadence", type=_positive_int, metavar="BARS", help="bars between the agent's decisions (default 5: weekly)")
     val.add_argument("--agent-splits", type=_positive_int, metavar="N", help="non-overlapping walk-forward test windows (default 18)")
     val.add_argument("--agent-test-bars", type=_positive_int, metavar="BARS", help="bars per agent test window (default 21)")
@@ -216,7 +216,7 @@ def _validate(args) -> int:
     params = check_params(**_report_params(args))
     db = prepare_warehouse(params, args.db, lock_timeout=args.lock_timeout)
     if params.agent != "none":  # the agent's symbols, and VIX for its regime labels, ingested too where bundled and missing
-        extra = [s for s in [*params.agent_symbols, "VIX"] if s not in params.symbols]
+        extra = [s for s in [*(params.agent_symbols or ()), "VIX"] if s not in params.symbols]
         prepare_warehouse(params.model_copy(update={"symbols": list(dict.fromkeys(extra)), "start": None, "end": None}),
                           db, lock_timeout=args.lock_timeout)
     cname = None if args.no_compliance else report_name("compliance", ComplianceParams(), dt.datetime.now(dt.timezone.utc))

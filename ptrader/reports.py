@@ -70,7 +70,7 @@ class ValidationParams(BaseModel):
     periods_per_year: int = Field(DEFAULTS.periods_per_year, gt=0, le=525_600)  # bars per year (525,600: minute bars)
     # the agentic validation section (`ptrader.harness`): "none" skips it; "ollama:MODEL" is the LLM agent judged
     agent: str = Field("ollama:smollm2:135m", pattern=r"^(none|ollama:[A-Za-z0-9._:/-]{1,200})$")
-    agent_symbols: list[str] = Field(default_factory=lambda: ["SP500", "NASDAQ", "WTI"], min_length=1)
+    agent_symbols: list[str] | None = Field(None, min_length=1)  # None: the report's `symbols`
     agent_cadence: int = Field(5, ge=1, le=10_000)  # bars between decisions (5: weekly on daily bars)
     agent_splits: int = Field(18, ge=1, le=1_000)  # non-overlapping walk-forward test windows, most recent last
     agent_test_bars: int = Field(21, ge=5, le=100_000)  # bars per test window (21: about a month)
@@ -81,6 +81,7 @@ class ValidationParams(BaseModel):
     @field_validator("symbols", "agent_symbols")
     @classmethod
     def _symbols(cls, v):
+        if v is None: return v  # agent_symbols only: the report's symbols
         out = [check_symbol(s) for s in v]  # the warehouse's one symbol rule (`ptrader.data.SYMBOL_RULE`)
         if len(set(out)) != len(out): raise ValueError(f"duplicate symbols in {out}")
         return out

@@ -30,7 +30,7 @@ def run_user_report(tmp_path, cli, n, seed=0):
     idx = random_walk_csv(tmp_path / "acme.csv", n, seed)
     with Warehouse(tmp_path / "w.duckdb") as wh:
         wh.ingest_file(tmp_path / "acme.csv", symbol="ACME")
-    r = cli("validate", "--symbols", "ACME", "--quiet")
+    r = cli("validate", "--symbols", "ACME", "--quiet", "--agent", "none")
     html = sorted((tmp_path / "reports").glob("validation-ACME-*.html"))
     return idx, r, html
 

@@ -18,8 +18,10 @@ from ptrader.reports import ValidationParams, run_report
 from conftest import ROOT
 
 
+@pytest.mark.llm  # section 6 judges the bundled model (6 decisions), started by the harness through `ptrader llm serve`
 def test_validate_writes_report_html_and_index(tmp_path, cli):
-    r = cli("validate", "--symbols", "SP500", "--start", "2009-01-01", "--end", "2014-12-31", "--quiet")
+    r = cli("validate", "--symbols", "SP500", "--start", "2009-01-01", "--end", "2014-12-31", "--quiet",
+            "--agent-splits", "2", "--agent-cadence", "10")
     assert r.returncode == 0, r.stderr
     rep = tmp_path / "reports"
     htmls = sorted(rep.glob("validation-SP500-*.html"))
@@ -30,6 +32,9 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
         assert text.lower() in page.lower(), text
     assert "import numpy" not in page  # code is hidden
     assert "deciding evidence" in page and "beat the benchmark" in page          # section 0: the verdicts
+    # section 6: the agent's gates first, then the evidence; a 135M model over 6 decisions earns nothing
+    assert "Agentic validation" in page and "Go / no-go gates" in page and "Capital ladder" in page and "Paper-trading alignment" in page
+    assert page.count("NO-GO: ollama:smollm2:135m") >= 2 and "model answers: <strong>live</strong>" in page
     assert htmls[0].stat().st_size < 5e6 and page.count("DecompressionStream") == 1   # plotly.js once, compressed
     # no WebGL trace: every "type":"scattergl" is the default entry of a figure's template, none is a trace
     assert page.count('"type":"scattergl"') == page.count('"scattergl":[{') and not re.search(r">\s*(NaN|nan)\s*<", page)
@@ -48,6 +53,10 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
     runs = {p["run_id"] for p in ev.payload if isinstance(p, dict) and "run_id" in p}
     assert {f"{htmls[0].stem}:SP500:buy and hold", f"{htmls[0].stem}:SP500:MA crossover (walk-forward)"} <= runs
     assert {"fill", "report_run"} <= set(ev["kind"]) and (ev["kind"] == "report_run").sum() == 2
+    # ... and the harness run: every agent's decisions under `<run>:agent/...`, the LLM's among them, and its summary
+    agent_runs = {p["run_id"] for p in ev.payload if isinstance(p, dict) and str(p.get("run_id", "")).startswith(f"{htmls[0].stem}:agent")}
+    assert any("/ollama:smollm2:135m/SP500/" in x for x in agent_runs) and any("/buy_and_hold/SP500/" in x for x in agent_runs)
+    assert (ev["kind"] == "harness_run").sum() == 1 and (ev["kind"] == "decision").sum() >= 6
     result = json.loads((rep / f"{comp[0].stem}.result.json").read_text())
     assert json.loads(comp[0].with_suffix(".json").read_text())["result"] == f"{comp[0].stem}.result.json"
     # `ptrader compliance` on the same trail: exit 1 exactly when a CRITICAL issue is found; global options before `audit`
@@ -80,7 +89,7 @@ def test_validate_writes_report_html_and_index(tmp_path, cli):
     (["--train-bars", "150"], "train_bars"),
 ])
 def test_bad_parameters_fail_before_any_run(tmp_path, cli, args, message):
-    r = cli("validate", *args, "--quiet")
+    r = cli("validate", *args, "--quiet", "--agent", "none")
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not list((tmp_path / "reports").glob("*.ipynb"))
 
@@ -127,7 +136,7 @@ def test_every_numeric_parameter_is_checked_before_any_run(name, value):
 
 def test_a_short_range_runs_with_the_long_sections_skipped(tmp_path, cli):
     "SP500 in 2018 (251 bars): the pre-run check names the minimums and the report runs the rest (no longer exit 2)."
-    r = cli("validate", "--symbols", "SP500", "--start", "2018-01-01", "--quiet")
+    r = cli("validate", "--symbols", "SP500", "--start", "2018-01-01", "--quiet", "--agent", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "walk-forward and statistical evidence needs 1009" in r.stderr and "forecasting needs 765" in r.stderr
     page = next((tmp_path / "reports").glob("validation-SP500-*.html")).read_text()
