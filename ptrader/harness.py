@@ -668,7 +668,7 @@ def paper_alignment(run, # an AgentRun of one window
     div = pd.DataFrame(rows, columns=["ts", "symbol", "agent", "paper_state", "replay_state", "paper_fills", "replay_fills", "since", "cause"])
     return dict(bars=test_bars, aligned=aligned, rate=aligned / test_bars), div
 
-# %% ../nbs/08_harness.ipynb #36f41241
+# %% ../nbs/08_harness.ipynb #567cfdb2
 LADDER = (("$1k signal validation", 1_000, ("valid decisions", "p95 latency")),
           ("$5k paper", 5_000, ("directional accuracy", "superiority after Holm", "deflated Sharpe ratio", "positive Sharpe in every regime", "max drawdown")),
           ("$10k initial live", 10_000, ("paper alignment",)),
@@ -737,12 +737,15 @@ def gates_table(agent: str, q: pd.Series, comparison: pd.DataFrame, figs: dict, 
                           deciding=dec, not_run=lat_nr))
     rows += significance_gates(comparison, figs, g)
     rg = regimes[regimes["agent"] == agent]
-    judged = rg[rg["sharpe"].notna()]; thin = rg[rg["sharpe"].isna() & (rg["bars"] > 0)]
+    judged = rg[rg["sharpe"].notna()]; thin = rg[(rg["bars"] > 0) & (rg["bars"] < g.min_regime_bars)]
+    flat = rg[rg["sharpe"].isna() & (rg["bars"] >= g.min_regime_bars)]
     ev = ", ".join(f"{r.regime} {r.sharpe:+.2f} ({r.bars} bars)" for r in judged.itertuples())
     if len(thin): ev += f"; too few bars (< {g.min_regime_bars}) to judge: " + ", ".join(f"{r.regime} ({r.bars})" for r in thin.itertuples())
+    if len(flat): ev += "; returns constant (no position held) in: " + ", ".join(f"{r.regime} ({r.bars} bars)" for r in flat.itertuples())
     rows.append(_gate("positive Sharpe in every regime", "> 0 in each", float(judged["sharpe"].min()) if len(judged) else math.nan,
-                      bool(len(judged)) and bool((judged["sharpe"] > 0).all()), ev,
-                      not_run=None if len(judged) else f"no regime has {g.min_regime_bars} test bars"))
+                      bool(len(judged)) and not len(flat) and bool((judged["sharpe"] > 0).all()), ev,
+                      not_run=None if len(judged) else (f"the agent's returns are constant in every regime with {g.min_regime_bars} "
+                                                        "test bars (it held no position)" if len(flat) else f"no regime has {g.min_regime_bars} test bars")))
     rows.append(_gate("paper alignment", f">= {g.alignment:.0%}", alignment_rate, alignment_rate >= g.alignment,
                       f"{alignment_rate:.1%} of {align_bars} test bars aligned between the paper broker and the vectorized replay",
                       not_run=None if align_bars else "the vectorized replay was not run (paper_alignment=False)"))
