@@ -628,7 +628,11 @@ def paper_alignment(run, # an AgentRun of one window
     "Paper broker against the vectorized replay of the same decisions over the test bars (see the section text)."
     sym = run.params["symbol"]
     w = bars.iloc[-(test_bars + 1):]                  # the first decision bar and the test bars; both engines start flat
-    en, ex = signals_of(run.decisions, w.index)
+    d = run.decisions
+    if len(d):  # the same orders: a BUY the paper account sized to zero shares from flat (Kelly or cash) is no entry in the replay
+        zero = (d["action"] == "BUY") & d["accepted"].astype(bool) & (d["n_orders"].astype(int) == 0) & (d["position_before"] == 0)
+        d = d[~zero.to_numpy(bool)]
+    en, ex = signals_of(d, w.index)
     vec = backtest_signals(w, pd.Series(en, index=w.index), pd.Series(ex, index=w.index), init_cash=config.initial_cash,
                            fees_bps=config.fees_bps, slippage_bps=config.slippage_bps, size=0.98, risk=config.risk_limits(), symbol=sym)
     fills = run_fills(run) if fills is None else fills

@@ -163,6 +163,21 @@ def test_honest_agents_align_fully_on_bars_without_gaps():
     assert r.gates.set_index("gate").loc["paper alignment", "status"] == "PASS"
 
 
+class Timid:
+    "BUY at every decision with confidence 0.1 and no target fraction: the Kelly size from flat is zero shares."
+    name = "timid"
+    def decide(self, view):
+        return Decision(action="BUY", confidence=0.1, stop_loss=0.03, take_profit=0.06, symbol=view.symbol)
+
+
+def test_buys_sized_to_zero_are_not_replayed():
+    "An honest agent whose every BUY the paper account sizes to zero placed no order: the replay enters nothing either."
+    r = evaluate(small_bars(), SMALL, agent=Timid(), baselines=[BuyAndHold()])
+    d = r.decisions[r.decisions.agent == "timid"]
+    assert len(d) and (d.action == "BUY").all() and (d.n_orders == 0).all()   # the premise: nothing was ever ordered
+    assert r.alignment_rate == 1.0 and r.divergences.empty
+
+
 def _one_window(bars, agent, cfg):
     w = _windows(len(bars), 1, 21, 100)
     d, off = symbol_data(bars, "X", w, 100)
