@@ -77,7 +77,10 @@ The report's sections:
   - statistical evidence and the verdict: the test suite, deflated Sharpe ratio over the grid,
     probability of backtest overfitting, SPA / Reality Check / StepM / model confidence set
     against buy-and-hold;
-  - forecasting: rolling-origin forecasts and volatility forecasts with accuracy tests.
+  - forecasting: rolling-origin forecasts and volatility forecasts with accuracy tests;
+  - agentic validation: the LLM agent (--agent) against its baselines over non-overlapping test
+    windows, its go/no-go gates, capital ladder and evidence (ptrader.harness; --agent none skips it);
+  - audit trail: what the run appended, and a link to the compliance report of the trail.
 
 Symbols the warehouse lacks but that ship with arch (SP500, NASDAQ, VIX, WTI) are ingested into it
 automatically before the run; any other symbol must be ingested first (`ptrader ingest FILE

@@ -15,7 +15,7 @@ def test_validate_help_describes_sections_and_bundled_ingest(cli):
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     for words in ["provenance and quality", "prices, returns and drawdowns", "walk-forward baselines", "live risk policy",
-                  "statistical evidence and the verdict", "forecasting", "(SP500, NASDAQ, VIX, WTI) are ingested into it automatically",
+                  "statistical evidence and the verdict", "forecasting", "agentic validation", "--agent none skips it", "(SP500, NASDAQ, VIX, WTI) are ingested into it automatically",
                   "--fast-windows N [N ...]", "--slow-windows N [N ...]", "75 the warehouse is being written by another process"]:
         assert words in text, words
 
@@ -63,3 +63,16 @@ def test_exit_codes_are_distinct(cli, tmp_path):
     assert cli("ingest", f).returncode == 2                               # usage: --symbol missing
     assert cli("ingest", f, "--symbol", "X", "--decimal", ";").returncode == 2   # argparse choice
     assert cli("status").returncode == 2                                  # no warehouse yet
+
+
+def test_delegated_commands_reach_their_modules(cli, tmp_path):
+    "`ptrader agent|report|scheduler|dashboard` run their modules' entry points; global options may come first."
+    for args, code, needle in [(["agent", "evaluate", "--cadence", "0"], 2, "ptrader agent evaluate: --cadence"),
+                               (["dashboard", "--port", "99999"], 2, "ptrader dashboard: --port"),
+                               (["report", "run", "no_such_template"], 2, "no_such_template"),
+                               (["scheduler", "--help"], 0, "ptrader scheduler")]:
+        r = cli("--db", tmp_path / "w.duckdb", *args)
+        assert r.returncode == code and needle in (r.stderr + r.stdout), (args, r.returncode, r.stderr[-500:])
+        assert "Traceback" not in r.stderr
+    r = cli("--db", tmp_path / "w.duckdb", "report", "list")
+    assert r.returncode == 0, r.stderr
