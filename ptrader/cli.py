@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: ollama:smollm2:135m, the bundled model through `ptrader llm serve`, run only if it answers; "
                      "given explicitly, a model that gives no answer fails the run)")
     val.add_argument("--agent-symbols", nargs="+", metavar="SYM", help="symbols the agent and its baselines trade (default: the report's --symbols; bundled WTI is another)")
-    val.add_argument("--agent-cadence", type=_positive_int, metavar="BARS", help="bars between the agent's decisions (default 10: every other week; 5: weekly, 1: daily)")
+    val.add_argument("--agent-cadence", type=_positive_int, metavar="BARS", help="bars between the agent's decisions (default 21: one per test window, monthly; 5: weekly, 1: daily)")
     val.add_argument("--agent-splits", type=_positive_int, metavar="N", help="non-overlapping walk-forward test windows (default 18)")
     val.add_argument("--agent-test-bars", type=_positive_int, metavar="BARS", help="bars per agent test window (default 21)")
     val.add_argument("--ollama-host", dest="llm_host", metavar="URL", help="an Ollama server for the agent (default: start the bundled model)")

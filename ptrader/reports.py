@@ -71,7 +71,7 @@ class ValidationParams(BaseModel):
     # the agentic validation section (`ptrader.harness`): "none" skips it; "ollama:MODEL" is the LLM agent judged
     agent: str = Field("ollama:smollm2:135m", pattern=r"^(none|ollama:[A-Za-z0-9._:/-]{1,200})$")
     agent_symbols: list[str] | None = Field(None, min_length=1)  # None: the report's `symbols`
-    agent_cadence: int = Field(10, ge=1, le=10_000)  # bars between decisions (10: every other week on daily bars)
+    agent_cadence: int = Field(21, ge=1, le=10_000)  # bars between decisions (21: one per 21-bar test window, monthly on daily bars)
     agent_splits: int = Field(18, ge=1, le=1_000)  # non-overlapping walk-forward test windows, most recent last
     agent_test_bars: int = Field(21, ge=5, le=100_000)  # bars per test window (21: about a month)
     llm_host: str | None = None  # an Ollama server; None: start the bundled model with `ptrader llm serve`
