@@ -41,6 +41,22 @@ def test_operator_matches_explicit_matrix(N, M, frac, seed, page):
     np.testing.assert_allclose(op.frobenius_sq(), np.sum(X * X), rtol=1e-10)
 
 
+def test_long_series_blocks_are_transformed_row_by_row_and_match_correlate():
+    "From nfft = 2**18 a block of rows takes the row-by-row path; each row is a numpy.correlate of the series."
+    N, L = 2 ** 18 + 7, 40
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(N)
+    op = trajectory_operator(x, L)
+    assert op.nfft >= 2 ** 18
+    V, U = rng.standard_normal((3, N - L + 1)), rng.standard_normal((2, L))
+    XV, XtU = op.matmat_rows(V), op.rmatmat_rows(U)
+    for i in range(3):
+        np.testing.assert_allclose(XV[i], np.correlate(x, V[i], "valid"), atol=1e-8 * np.abs(XV[i]).max())
+    for i in range(2):
+        np.testing.assert_allclose(XtU[i], np.correlate(x, U[i], "valid"), atol=1e-9 * np.abs(XtU[i]).max())
+    assert (op.n_matvec, op.n_rmatvec) == (3, 2)
+
+
 @settings(max_examples=40, deadline=None)
 @given(L=st.integers(1, 40), K=st.integers(1, 90), r=st.integers(1, 4), seed=st.integers(0, 10**6))
 def test_diagonal_average_matches_definition(L, K, r, seed):
