@@ -326,7 +326,8 @@ class SVDResult:
         ``residual_kind`` ("explicit": computed with r or 2r extra products; "recurrence": read off the Lanczos
         recurrence), ``tol``, ``converged``, method-specific counts (``steps``, ``restarts``, ``power_iterations``),
         and for ``method="auto"`` the ``reason`` for the choice and ``tried``: one dict per method attempted
-        (``method``, ``converged``, ``residual``, ``products``, ``error``).
+        (``method``, ``converged``, ``residual``, ``products``, ``error``); ``twin_check``: one dict per missing-twin
+        check (``candidates``, ``products``, ``found``, ``estimate``) and ``repaired`` (irlba reruns) after a repair.
     """
     U: np.ndarray
     s: np.ndarray
@@ -401,24 +402,20 @@ def _reorth(W, B, lo: int, m: int, H):
                 H[:lo] += h
 
 
-def _irlba(op, r: int, *, tol: float, block_size: int = 2, ncv: int | None = None, max_restarts: int = 100,
-           seed: int = 0):
+def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = None, max_restarts: int = 100,
+           seed: int = 0, start=None):
     """Thick-restarted (block) Golub-Kahan-Lanczos bidiagonalization with full reorthogonalization.
 
     Builds orthonormal bases (rows) V_m, U_m with ``X V_m^T = U_m^T C`` exactly and ``X^T U_m^T = V_m^T C^T + Vn^T A
     E_last^T``; the Ritz triples of the small matrix C have ``X v = s u`` to rounding and ``||X^T u - s v|| =
     ||A p_last||``, so the stopping test ``max_k ||A p_last,k|| <= tol * s_1`` costs nothing. When the basis reaches
     `ncv` vectors it restarts from the leading Ritz vectors (Baglama & Reichel's augmentation by Ritz vectors).
-    Products per step: ``2 * block_size``, batched.
+    Products per step: ``2 * block_size``, batched. `start` (block_size, M*K): the first block (default: Gaussian).
 
-    The default block is two vectors because the noise floor of a Hankel matrix holds near pairs of singular values
-    (the sine and cosine of one frequency). One start vector with a small component along one member of a pair
-    leaves that member out of the Krylov space for many steps; the other member converges, meets `tol`, and is
-    returned in its place (``s_6`` for ``s_5``) with nothing in the residuals to show it. A block of two random
-    vectors projects onto the pair's plane as a 2 x 2 Gaussian matrix, so both members are present unless that matrix
-    is nearly singular: the chance of a miss falls from about ``eps`` to ``eps^2`` for a start-vector ratio ``eps``.
-    Measured on the AR(1) series at N = 1e5 (seeds 0-9): ``block_size=1`` returned the twin twice (errors 19 and 3.7
-    times `tol`), ``block_size=2`` never; it costs 1.1-1.9 times the products."""
+    One start vector can all but miss one member of a near pair of singular values (the sine/cosine pairs of a
+    Hankel matrix): the other member converges and is returned in its place. `decompose` runs `_twin_check` after
+    it and repairs such a miss; a block of two random vectors (``block_size=2``) sees both members from the start, at
+    1.1-2.2 times the products."""
     L, KM = op.shape
     b = block_size
     rng = np.random.default_rng(seed)
@@ -430,7 +427,8 @@ def _irlba(op, r: int, *, tol: float, block_size: int = 2, ncv: int | None = Non
     keep = max(r + b, (ncv + r) // 2)
     # bases as rows; the next block V_{j+1} is written straight into Vb[m:m+b] (Vb has room for ncv + b rows)
     Vb, Ub, C = np.empty((ncv + b, KM)), np.empty((ncv + b, L)), np.zeros((ncv + b, ncv + b))
-    _orth_rows(rng.standard_normal((b, KM)), 0.0, rng, out=Vb[:b])
+    _orth_rows(rng.standard_normal((b, KM)) if start is None else np.asarray(start, dtype=np.float64).reshape(b, KM),
+               0.0, rng, out=Vb[:b])
     m, ulo, s1, restarts, steps = 0, 0, 0.0, 0, 0
     while True:
         W = op.matmat_rows(Vb[m:m + b])                           # X V_j, (b, L)
@@ -573,6 +571,71 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
     return U, s, V, dict(settings=settings, runs=runs, residuals=res, residual_kind="explicit",
                          converged=bool(res.max() <= tol))
 
+# %% ../nbs/03_ssa.ipynb #c3a9e0b2
+def _hilbert_rows(R) -> np.ndarray:
+    """Discrete Hilbert transform of each row of R (b, n), float64 (b, n): the imaginary part of `scipy.signal.hilbert`
+    (Marple 1999), by one real FFT pair per row (-i on positive frequencies, zero at DC and, for even n, Nyquist)."""
+    n = R.shape[1]
+    F = sfft.rfft(R, axis=-1)
+    F *= -1j
+    F[:, 0] = 0.0
+    if n % 2 == 0:
+        F[:, -1] = 0.0
+    return sfft.irfft(F, n=n, axis=-1, overwrite_x=True)
+
+
+def _twin_check(op, U, s, V, tol: float, steps: int = 2):
+    """Look for a singular triple above ``s_r + tol * s_1`` that (U, s, V) miss, starting from the Hilbert partners of
+    the returned left vectors (see the section above). Returns ``(v, info)``: `v` (M*K,) the right vector of the
+    missing triple as found (None if nothing was found) and `info` (candidates, products, found, estimate: the lower
+    bound on the missing singular value relative to s_1, or None)."""
+    Ut = U.T
+    P = _hilbert_rows(Ut)                                          # partners, (r, L)
+    n_in = np.linalg.norm(P, axis=1)
+    for _ in range(2):
+        P -= (P @ U) @ Ut
+    n_out = np.linalg.norm(P, axis=1)
+    cand = np.flatnonzero(n_out > 0.5 * n_in)                      # a partner mostly outside the returned span
+    info = dict(candidates=int(cand.size), products=0, found=False, estimate=None)
+    if cand.size == 0:
+        return None, info
+    Q = P[cand] / n_out[cand, None]
+    W = op.rmatmat_rows(Q)                                         # X^T p, (c, M*K)
+    W -= (W @ V) @ V.T
+    ray = np.linalg.norm(W, axis=1)
+    info["products"] = int(cand.size)
+    bar, k = s[-1] + tol * s[0], int(np.argmax(ray))
+    if ray[k] > bar:                                               # the partner alone proves a missing triple
+        info.update(found=True, estimate=float(ray[k] / s[0]))
+        return W[k] / ray[k], info
+    if ray[k] < 0.5 * s[-1]:                                       # no partner near the smallest returned value
+        return None, info
+    # Golub-Kahan on the deflated X^T from the best partner: A q_j = alpha_j w_j + beta_{j-1} w_{j-1}, full reorth
+    Qs, Ws, al, be = [Q[k]], [W[k] / ray[k]], [ray[k]], []
+    for _ in range(steps):
+        q = op.matmat_rows(Ws[-1][None])[0]
+        q -= U @ (Ut @ q)
+        q -= al[-1] * Qs[-1]
+        for b in Qs:
+            q -= b * (b @ q)
+        be.append(float(np.linalg.norm(q)))
+        Qs.append(q / be[-1])
+        w = op.rmatmat_rows(Qs[-1][None])[0]
+        w -= V @ (V.T @ w)
+        w -= be[-1] * Ws[-1]
+        for b in Ws:
+            w -= b * (b @ w)
+        al.append(float(np.linalg.norm(w)))
+        Ws.append(w / al[-1])
+        info["products"] += 2
+        Pb, sb, _ = np.linalg.svd(np.diag(al) + np.diag(be, 1))     # B with A Q = W B
+        if sb[0] > bar:
+            info.update(found=True, estimate=float(sb[0] / s[0]))
+            v = Pb[:, 0] @ np.array(Ws)
+            return v / np.linalg.norm(v), info
+    return None, info
+
+
 # %% ../nbs/03_ssa.ipynb #a1c0ff0b
 def _choose_method(L: int, KM: int, rank: int | None) -> str:
     "Cheapest method by a rough flop model (a product with the FFT operator ~ 10 n log2 n plus call overhead)."
@@ -581,7 +644,7 @@ def _choose_method(L: int, KM: int, rank: int | None) -> str:
     if 8 * L * KM <= _FULL_MAX_BYTES:
         cost["full"] = 4.0 * L * KM * d
     if rank is not None and rank + 2 <= d // 2:
-        cost["irlba"] = (40 + 8 * rank) * (10 * n * math.log2(n) + 2e5)
+        cost["irlba"] = (44 + 9 * rank) * (10 * n * math.log2(n) + 2e5)     # irlba and its twin check
     return min(cost, key=cost.get)
 
 
@@ -634,8 +697,37 @@ def _auto_truncated(op, r: int, tol: float, seed: int, options: Mapping):
                                                               f"{t['products']} products") for t in tried)))
 
 
+def _repair_twins(op, r: int, tol: float, seed: int, U, s, V, info: dict, repair: bool, irlba_opts: Mapping):
+    """`_twin_check` on a converged result. With `repair`, while a missing triple is found (twice at most), irlba runs
+    again from a block of two: the sum of the returned v_k and the direction found. A find that is not repaired makes
+    the result unconverged. Returns (U, s, V, info) with ``info["twin_check"]`` (one dict per check) and, after a
+    repair, ``info["repaired"]`` (number of irlba reruns)."""
+    log, reruns = [], 0
+    while True:
+        v, ci = _twin_check(op, U, s, V, tol)
+        log.append(ci)
+        if v is None:
+            break
+        if not repair or reruns == 2:
+            logger.warning("SVD: a singular triple above s_%d is missing (a vector orthogonal to the returned ones has "
+                           "singular value at least %.6g s_1 > s_%d = %.6g s_1); use method='irlba' or 'auto'",
+                           r, ci["estimate"], r, s[-1] / s[0])
+            info = dict(info, converged=False)
+            break
+        opts = {k: irlba_opts[k] for k in ("ncv", "max_restarts") if k in irlba_opts}
+        U, s, V, info = _irlba(op, r, tol=tol, seed=seed, block_size=2, start=np.vstack([V.sum(axis=1), v]), **opts)
+        reruns += 1
+        if not info["converged"]:
+            break
+    info = dict(info, twin_check=log)
+    if reruns:
+        info["repaired"] = reruns
+    return U, s, V, info
+
+
 def decompose(x, L: int, rank: int | None = None, method: str = "auto", embedding: str = "hankel", *,
-              seed: int = 0, tol: float = DEFAULT_TOL, options: Mapping | None = None) -> SVDResult:
+              seed: int = 0, tol: float = DEFAULT_TOL, options: Mapping | None = None,
+              twin_check: bool = True) -> SVDResult:
     """Leading singular triples of the trajectory (or Page) matrix of a series.
 
     Parameters
@@ -660,12 +752,16 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         angle between ``u_k`` and the exact vector is at most ``tol * s_1 / gap_k``. The residual test cannot see a triple
         the Krylov space has missed: a near-double value (the sine/cosine pairs of a noise floor) started with a small
         component along one member can come back as its twin, e.g. ``s_6`` in place of ``s_5`` (both meet `tol`).
-        That is why irlba (and so "auto") starts from a block of two vectors; PROPACK and ARPACK start from one and
-        can return the twin (PROPACK did on the AR(1) series at N = 1e5, seed 0).
+        `twin_check` looks for such a miss.
     options : mapping method -> mapping, optional
-        Per-method settings: irlba ``block_size`` (2; 1 is cheaper and can miss a twin), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
+        Per-method settings: irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
         ``max_restarts`` (100); randomized ``n_oversamples`` (10), ``n_iter`` (2), ``max_iter`` (``n_iter``; 200 in
         "auto"); lanczos ``ncv``, ``max_iter``; propack ``max_iter`` (Krylov dimension).
+    twin_check : bool
+        After a truncated method converges, look for a triple it missed (`_twin_check`: the Hilbert partners of the
+        returned vectors and two deflated Golub-Kahan steps, at most ``rank + 4`` products). "auto" and "irlba" repair
+        a find by running irlba again from a block of two (the found direction among them); the other methods report
+        it as not converged, with a warning. Recorded in ``diagnostics["twin_check"]``.
 
     Returns
     -------
@@ -729,9 +825,14 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         V[:, nz] /= s[nz]
     elif method == "auto":
         U, s, V, method, info, diag["tried"] = _auto_truncated(op, r, tol, seed, options)
+        if twin_check:
+            U, s, V, info = _repair_twins(op, r, tol, seed, U, s, V, info, True, options.get("irlba", {}))
+            method = "irlba" if info.get("repaired") else method
     else:
         U, s, V, info = _run_truncated(op, r, method, tol, seed, options.get(method, {}))
-        if not info["converged"]:
+        if twin_check and info["converged"]:
+            U, s, V, info = _repair_twins(op, r, tol, seed, U, s, V, info, method == "irlba", options.get("irlba", {}))
+        if not info["converged"] and not (info.get("twin_check") and info["twin_check"][-1]["found"]):
             logger.warning("%s SVD: max residual %.3g of s_1 above tol %.3g", method, np.max(info["residuals"]), tol)
     diag.update(info)
     diag.update(n_matvec=op.n_matvec - n0, n_rmatvec=op.n_rmatvec - m0,

@@ -207,7 +207,7 @@ def test_irlba_products_and_block_sizes():
     for b in (1, 2, 4):
         res = decompose(x, 1000, 5, "irlba", options={"irlba": {"block_size": b}})
         d = res.diagnostics
-        assert d["converged"] and d["products"] == 2 * b * d["steps"]
+        assert d["converged"] and d["products"] == 2 * b * d["steps"] + d["twin_check"][0]["products"]
         np.testing.assert_allclose(res.s, sf[:5], rtol=1e-8)
 
 
@@ -233,17 +233,36 @@ def test_auto_falls_back_when_the_first_method_is_held_back():
 @pytest.mark.parametrize("seed", [0, 7])
 def test_auto_returns_the_noise_component_not_its_twin(seed):
     """AR(1) series, N = 1e5, L = N/2, rank 5: s_5 and s_6 are a sine/cosine pair 1.9e-6 s_1 (seed 0) and 3.7e-7 s_1
-    (seed 7) apart, farther than tol = 1e-7 s_1. One start vector (irlba with block_size=1) returns s_6 in place of
-    s_5 on both seeds while meeting tol; auto (irlba, block of two) returns s_5. Reference: ARPACK at tol 1e-10, rank 7."""
+    (seed 7) apart, farther than tol = 1e-7 s_1. Without the missing-twin check irlba returns s_6 in place of s_5 on
+    both seeds while meeting tol; with it (the default) the miss is found and repaired; PROPACK's miss (seed 0) is
+    reported as not converged. Reference: ARPACK at tol 1e-10, rank 7."""
     x = _noisy("ar1", 100_000, seed)
     ref = decompose(x, 50_000, 7, "lanczos", tol=1e-10)
     assert ref.diagnostics["converged"] and ref.s[4] - ref.s[5] > 3e-7 * ref.s[0]
-    res = decompose(x, 50_000, 5)
-    assert res.method == "irlba" and res.diagnostics["block_size"] == 2 and res.diagnostics["converged"]
-    np.testing.assert_allclose(res.s, ref.s[:5], rtol=0, atol=1e-7 * ref.s[0])
-    single = decompose(x, 50_000, 5, "irlba", options={"irlba": {"block_size": 1}})
-    assert single.diagnostics["converged"]                                 # meets tol ...
-    assert abs(single.s[4] - ref.s[5]) < 1e-8 * ref.s[0] < 3e-7 * ref.s[0] < ref.s[4] - single.s[4]   # ... with s_6
+    bare = decompose(x, 50_000, 5, "irlba", twin_check=False)
+    assert bare.diagnostics["converged"]                                   # meets tol ...
+    assert abs(bare.s[4] - ref.s[5]) < 1e-8 * ref.s[0] < 3e-7 * ref.s[0] < ref.s[4] - bare.s[4]   # ... with s_6
+    for method in ("auto", "irlba"):
+        res = decompose(x, 50_000, 5, method)
+        d = res.diagnostics
+        assert res.method == "irlba" and d["converged"] and d["repaired"] == 1 and d["block_size"] == 2
+        assert d["twin_check"][0]["found"] and not d["twin_check"][-1]["found"]
+        assert d["twin_check"][0]["estimate"] * ref.s[0] > bare.s[4] + 1e-7 * ref.s[0]
+        np.testing.assert_allclose(res.s, ref.s[:5], rtol=0, atol=1e-7 * ref.s[0])
+    if seed == 0:
+        pro = decompose(x, 50_000, 5, "propack")
+        assert pro.diagnostics["twin_check"][-1]["found"] and not pro.diagnostics["converged"]
+        assert abs(pro.s[4] - ref.s[5]) < 1e-8 * ref.s[0]                   # its fifth value is s_6, and it says so
+
+
+def test_twin_check_finds_nothing_when_nothing_is_missing():
+    "The noisy N = 4,000 series: checks on correct results find nothing and cost at most rank + 4 products."
+    for kind, seed in _HARD:
+        x, Uf, sf, Vf = _noisy_full(kind, seed)
+        for method in ("irlba", "propack", "lanczos"):
+            d = decompose(x, 1000, 5, method).diagnostics
+            assert d["converged"] and len(d["twin_check"]) == 1 and not d["twin_check"][0]["found"], (kind, seed, method)
+            assert d["twin_check"][0]["products"] <= 5 + 4 and "repaired" not in d
 
 
 def test_propack_enlarges_a_too_small_default_krylov_space():
