@@ -584,7 +584,7 @@ def _hilbert_rows(R) -> np.ndarray:
     return sfft.irfft(F, n=n, axis=-1, overwrite_x=True)
 
 
-def _twin_check(op, U, s, V, tol: float, steps: int = 2):
+def _twin_check(op, U, s, V, tol: float, steps: int = 1):
     """Look for a singular triple above ``s_r + tol * s_1`` that (U, s, V) miss, starting from the Hilbert partners of
     the returned left vectors (see the section above). Returns ``(v, info)``: `v` (M*K,) the right vector of the
     missing triple as found (None if nothing was found) and `info` (candidates, products, found, estimate: the lower
@@ -759,7 +759,7 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         "auto"); lanczos ``ncv``, ``max_iter``; propack ``max_iter`` (Krylov dimension).
     twin_check : bool
         After a truncated method converges, look for a triple it missed (`_twin_check`: the Hilbert partners of the
-        returned vectors and two deflated Golub-Kahan steps, at most ``rank + 4`` products). "auto" and "irlba" repair
+        returned vectors and one deflated Golub-Kahan step, at most ``rank + 2`` products). "auto" and "irlba" repair
         a find by running irlba again from a block of two (the found direction among them); the other methods report
         it as not converged, with a warning. Recorded in ``diagnostics["twin_check"]``.
 
