@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'project_root', 'data_dir', 'warehouse_path', 'reports_dir', 'template_path', 'Defaults']
+__all__ = ['DEFAULTS', 'project_root', 'data_dir', 'warehouse_path', 'reports_dir', 'template_path', 'free_port', 'Defaults']
 
 # %% ../nbs/00_config.ipynb #7e6b8040
 def _checkout_root(start: Path) -> Path | None:
@@ -59,6 +60,14 @@ def template_path(name: str = "validation") -> Path:
     for p in places:
         if p.is_file(): return p
     raise FileNotFoundError(f"report template {fname!r} not found; searched: " + ", ".join(map(str, places)))
+
+# %% ../nbs/00_config.ipynb #e5f1b0a1
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it), for local servers and the tests' servers."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 # %% ../nbs/00_config.ipynb #cf3c7594
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import math
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import pandas as pd
 from .audit import AuditTrail, agent_run_entries, audit_path
 from .broker import PaperBroker, RiskLimits
 from .compliance import FORBIDDEN_DECISIONS, PRESETS, ComplianceMonitor, CompliancePolicy, ComplianceReport, load_policy, save_policy
-from .config import warehouse_path
+from .config import free_port, warehouse_path
 from .data import Warehouse
 from .errors import DataValidationError, WarehouseError
 from .execution import BacktestResult, backtest_signals, ma_crossover_signals
@@ -38,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'POLICY_FIELDS', 'RISK_FIELDS', 'SIZING_FIELDS', 'REJECTING', 'vol_risk_score', 'RiskScoredAgent',
            'record_example_run', 'DashboardSettings', 'risk_path', 'save_settings', 'load_settings', 'TrailSnapshot',
            'trail_orders', 'kelly_inputs', 'DashboardData', 'entry_fraction', 'rejected_orders', 'Outcome', 'recompute',
-           'outcome_title', 'outcome_figure', 'Dashboard', 'dashboard_notebook', 'free_port', 'serve', 'cli_main']
+           'outcome_title', 'outcome_figure', 'Dashboard', 'dashboard_notebook', 'serve', 'cli_main']
 
 # %% ../nbs/09a_dashboard.ipynb #126cdadc
 def vol_risk_score(close: pd.Series, # closes, shape (T,)
@@ -486,9 +485,6 @@ def dashboard_notebook(db: Path | str, audit_db: Path | str, policy: Path | str 
             "execution_count": None, "outputs": [], "source": src}],
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
 
-def free_port() -> int:
-    "A TCP port free on 127.0.0.1 now (the OS picks it)."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 def serve(db: Path | str, audit_db: Path | str, *, port: int = 8866, policy: Path | str | None = None, symbol: str = "SP500",
           folder: Path | str, open_browser: bool = False, **popen) -> subprocess.Popen:

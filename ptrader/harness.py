@@ -30,13 +30,14 @@ from .agents import (PARSE_FAILURES, AgentRun, BuyAndHold, Decision, MACrossover
 from .signals import ShrinkageCalibrator, SignalValidator, brier_score, murphy_decomposition, reliability_curve, \
     reliability_diagram, resolve_decisions
 from . import stats as pst
+from .stats import holm  # Holm step-down (statsmodels), NaN stays NaN
 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'BASELINES', 'SUPERIORITY_TESTS', 'REGIMES', 'LADDER', 'GateThresholds', 'HarnessConfig', 'test_windows',
            'WindowBroker', 'symbol_data', 'walk_forward_runs', 'window_bars', 'run_fills', 'window_returns',
-           'round_trips', 'call_outcomes', 'walk_forward_calibrated', 'decision_quality', 'holm', 'portfolio_returns',
+           'round_trips', 'call_outcomes', 'walk_forward_calibrated', 'decision_quality', 'portfolio_returns',
            'sharpe_difference_bootstrap', 'direction_forecasts', 'compare_agent', 'regime_labels', 'regime_table',
            'power_table', 'signals_of', 'paper_alignment', 'stop_rule', 'significance_gates', 'gates_table',
            'capital_ladder', 'verdict_sentence', 'profit_factor', 'promotion_table', 'llm_decisions', 'HarnessResult',
@@ -364,16 +365,6 @@ def decision_quality(decisions: pd.DataFrame, # every agent's decision tables (w
 
 # %% ../nbs/08_harness.ipynb #d092bc3d
 SUPERIORITY_TESTS = ("paired t (HAC)", "bootstrap Sharpe difference", "SPA vs best baseline")
-
-def holm(p) -> np.ndarray:
-    "Holm (1979) step-down adjusted p-values: sorted ascending, p_(i) (m - i + 1), running maximum, capped at 1; NaN stays NaN."
-    p = np.asarray(p, float); out = np.full(p.shape, np.nan); ok = np.isfinite(p)
-    q = p[ok]; m = q.size
-    if m:
-        o = np.argsort(q, kind="stable")
-        adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[o]))
-        r = np.empty(m); r[o] = adj; out[ok] = r
-    return out
 
 def portfolio_returns(returns: pd.DataFrame, # (symbol, ts) x agents, per-bar simple returns
                      ) -> pd.DataFrame: # ts x agents: the equal-weight mean over the symbols trading that date

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,9 +33,9 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'FAILURE_KINDS', 'DEFAULT_MODEL', 'JSON_CHAR_RULE', 'GRAMMAR_DECIMALS', 'SERVER_REVISION', 'canonical_json',
-           'cache_key', 'ResponseCache', 'LLMResponse', 'HealthReport', 'OllamaClient', 'free_port',
-           'bundled_model_path', 'file_digest', 'schema_grammar', 'local_server_version', 'physical_cores',
-           'LlamaBackend', 'make_server', 'resolve_model', 'cli_main', 'LocalServer']
+           'cache_key', 'ResponseCache', 'LLMResponse', 'HealthReport', 'OllamaClient', 'bundled_model_path',
+           'file_digest', 'schema_grammar', 'local_server_version', 'physical_cores', 'LlamaBackend', 'make_server',
+           'resolve_model', 'cli_main', 'LocalServer']
 
 # %% ../nbs/07_llm.ipynb #a144d5b9
 def canonical_json(obj) -> str:
@@ -479,10 +478,8 @@ class OllamaClient:
                     tokens_per_call=float(np.mean(tok)) if tok else math.nan)
 
 # %% ../nbs/07_llm.ipynb #01a53ee7
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that was free a moment ago (for test servers)."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+from .config import free_port  # a free loopback port for the local server (shared with the dashboard)
+
 
 # %% ../nbs/07_llm.ipynb #f0039fb5
 DEFAULT_MODEL = "smollm2:135m"

@@ -14,11 +14,12 @@ import pandas as pd
 from scipy import stats
 
 from .audit import AuditTrail
+from .stats import holm  # Holm step-down (statsmodels), NaN stays NaN
 
 # %% auto #0
 __all__ = ['robust_z', 'daily_rates', 'rate_anomalies', 'CusumResult', 'cusum', 'bernoulli_llr', 'arl_markov', 'arl_normal',
            'arl_bernoulli', 'cusum_threshold', 'simulate_run_lengths', 'rate_cusum', 'rejection_outcomes', 'ks_drift',
-           'holm', 'confidence_decay', 'decision_scores', 'ChampionChallenger', 'champion_challenger']
+           'confidence_decay', 'decision_scores', 'ChampionChallenger', 'champion_challenger']
 
 # %% ../nbs/08b_monitoring.ipynb #d37baaca
 def robust_z(x: Sequence[float] | pd.Series) -> pd.Series:
@@ -178,14 +179,6 @@ def ks_drift(reference: pd.DataFrame | pd.Series, current: pd.DataFrame | pd.Ser
     df["p_holm"] = holm(df["p_value"].to_numpy())
     df["drift"] = df["p_holm"] < alpha
     return df
-
-def holm(p: Sequence[float]) -> np.ndarray:
-    "Holm (1979) step-down adjusted p-values: sorted p_(i) times (m - i), running maximum, capped at 1."
-    p = np.asarray(p, dtype=float); m = len(p)
-    if not m: return p
-    o = np.argsort(p); adj = np.minimum(1.0, np.maximum.accumulate(p[o] * (m - np.arange(m))))
-    out = np.empty(m); out[o] = adj
-    return out
 
 # %% ../nbs/08b_monitoring.ipynb #601217f0
 def confidence_decay(ts: Sequence, # decision times

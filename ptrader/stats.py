@@ -26,8 +26,8 @@ __all__ = ['total_return', 'annualized_return', 'annualized_volatility', 'sharpe
            't_test_mean', 'paired_t_test', 'welch_t_test', 'f_test_variance', 'levene_test', 'mann_whitney_u',
            'ks_2samp', 'cohens_d', 'hedges_g', 'binomial_win_rate', 'ljung_box', 'durbin_watson', 'jarque_bera',
            'arch_lm', 'variance_ratio', 'diebold_mariano', 'pesaran_timmermann', 'sharpe_sample_size', 'sharpe_power',
-           'win_rate_sample_size', 'win_rate_power', 'SnoopingResult', 'data_snooping_tests', 'ValidationResult',
-           'validate_returns', 'BenchmarkVerdict', 'benchmark_verdict']
+           'win_rate_sample_size', 'win_rate_power', 'SnoopingResult', 'data_snooping_tests', 'holm',
+           'ValidationResult', 'validate_returns', 'BenchmarkVerdict', 'benchmark_verdict']
 
 # %% ../nbs/05_stats.ipynb #0859acc8
 def _as_returns(
@@ -1167,6 +1167,23 @@ def data_snooping_tests(
     tab["decision"] = np.where(tab.p_value < alpha, "reject H0", np.where(tab.p_value.isna(), "see note", "do not reject"))
     return SnoopingResult(tab, sup, [str(m) for m in mcs.included], mp, float(alpha), int(block_size), int(reps))
 
+# %% ../nbs/05_stats.ipynb #d4e2a0c2
+def holm(p) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values, shape of `p` (1-D), float64 in [0, 1]: sorted ascending, the i-th
+    (from 0) times (m - i), running maximum, capped at 1. NaN entries stay NaN and do not count in the family size m.
+    Same values as `statsmodels.stats.multitest.multipletests(method="holm")[1]` (checked below)."""
+    p = np.asarray(p, dtype=float).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    q = p[ok]
+    if q.size:
+        o = np.argsort(q, kind="stable")
+        adj = np.empty(q.size)
+        adj[o] = np.minimum(1.0, np.maximum.accumulate((q.size - np.arange(q.size)) * q[o]))
+        out[ok] = adj
+    return out
+
+
 # %% ../nbs/05_stats.ipynb #f31fa291
 _TABLE_COLS = ["group", "test", "null_hypothesis", "statistic", "p_value", "probability", "ci_low", "ci_high",
                "p_holm", "p_bh", "decision", "assumptions", "note"]
@@ -1272,7 +1289,7 @@ def _adjust(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     ok = p.notna().to_numpy()
     table["p_holm"] = np.nan; table["p_bh"] = np.nan
     if ok.any():
-        table.loc[ok, "p_holm"] = multipletests(p[ok], alpha=alpha, method="holm")[1]
+        table.loc[ok, "p_holm"] = holm(p[ok])
         table.loc[ok, "p_bh"] = multipletests(p[ok], alpha=alpha, method="fdr_bh")[1]
     dec = []
     for _, r in table.iterrows():
