@@ -55,6 +55,7 @@ def common_checks(idx, r, html):
     return text
 
 
+@pytest.mark.slow   # 38 s; the default suite keeps the 251-bar SP500 case of test_validate.py
 def test_report_on_300_bars_skips_the_long_sections_with_the_reason(tmp_path, cli):
     idx, r, html = run_user_report(tmp_path, cli, 300)
     text = common_checks(idx, r, html)
