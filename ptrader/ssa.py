@@ -327,7 +327,8 @@ class SVDResult:
         recurrence), ``tol``, ``converged``, method-specific counts (``steps``, ``restarts``, ``power_iterations``),
         and for ``method="auto"`` the ``reason`` for the choice and ``tried``: one dict per method attempted
         (``method``, ``converged``, ``residual``, ``products``, ``error``); ``twin_check``: one dict per missing-twin
-        check (``candidates``, ``products``, ``found``, ``estimate``) and ``repaired`` (irlba reruns) after a repair.
+        check (``candidates``, ``products``, ``found``, ``estimate``, ``steps``), and after a repair ``repaired`` (count)
+        and ``repairs`` ("deflated": the refined triple replaced the smallest; "irlba rerun").
     """
     U: np.ndarray
     s: np.ndarray
@@ -584,11 +585,15 @@ def _hilbert_rows(R) -> np.ndarray:
     return sfft.irfft(F, n=n, axis=-1, overwrite_x=True)
 
 
-def _twin_check(op, U, s, V, tol: float, steps: int = 1):
+def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
     """Look for a singular triple above ``s_r + tol * s_1`` that (U, s, V) miss, starting from the Hilbert partners of
-    the returned left vectors (see the section above). Returns ``(v, info)``: `v` (M*K,) the right vector of the
-    missing triple as found (None if nothing was found) and `info` (candidates, products, found, estimate: the lower
-    bound on the missing singular value relative to s_1, or None)."""
+    the returned left vectors (see the section above).
+
+    Returns ``(found, info)``. `found` is None when nothing was found, else a dict with `v` (M*K,), the right vector of
+    the missing triple as found. With ``refine > 0`` the Golub-Kahan steps on the deflated operator go on after a find
+    (at most `refine` more) until its top Ritz triple has residual ``<= tol * s_1``; the dict then also holds `u` (L,),
+    `s` (the Ritz value, absolute) and `converged`. `info`: candidates, products, found, estimate (the lower bound on
+    the missing singular value relative to s_1, or None), steps (Golub-Kahan steps taken)."""
     Ut = U.T
     P = _hilbert_rows(Ut)                                          # partners, (r, L)
     n_in = np.linalg.norm(P, axis=1)
@@ -596,7 +601,7 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1):
         P -= (P @ U) @ Ut
     n_out = np.linalg.norm(P, axis=1)
     cand = np.flatnonzero(n_out > 0.5 * n_in)                      # a partner mostly outside the returned span
-    info = dict(candidates=int(cand.size), products=0, found=False, estimate=None)
+    info = dict(candidates=int(cand.size), products=0, found=False, estimate=None, steps=0)
     if cand.size == 0:
         return None, info
     Q = P[cand] / n_out[cand, None]
@@ -605,34 +610,70 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1):
     ray = np.linalg.norm(W, axis=1)
     info["products"] = int(cand.size)
     bar, k = s[-1] + tol * s[0], int(np.argmax(ray))
-    if ray[k] > bar:                                               # the partner alone proves a missing triple
+    found = bool(ray[k] > bar)                                     # the partner alone proves a missing triple
+    if found:
         info.update(found=True, estimate=float(ray[k] / s[0]))
-        return W[k] / ray[k], info
-    if ray[k] < 0.5 * s[-1]:                                       # no partner near the smallest returned value
+        if not refine:
+            return dict(v=W[k] / ray[k]), info
+    elif ray[k] < 0.5 * s[-1]:                                     # no partner near the smallest returned value
         return None, info
-    # Golub-Kahan on the deflated X^T from the best partner: A q_j = alpha_j w_j + beta_{j-1} w_{j-1}, full reorth
-    Qs, Ws, al, be = [Q[k]], [W[k] / ray[k]], [ray[k]], []
-    for _ in range(steps):
-        q = op.matmat_rows(Ws[-1][None])[0]
+    # Golub-Kahan on A = (I - UU^T) X (I - VV^T) from the best partner q_0, full reorthogonalization:
+    # A^T q_0 = alpha_0 w_0, A w_j = alpha_j q_j + beta_j q_{j+1}, A^T q_{j+1} = beta_j w_j + alpha_{j+1} w_{j+1}, so
+    # A^T Q = W B and A W = Q B^T + beta q_next e^T with B upper bidiagonal; a Ritz triple (sigma, Q z, W p) of B has
+    # A^T u = sigma v exactly and ||A v - sigma u|| = |beta p_last|.
+    n = steps + refine + 1
+    Qa, Wa = np.empty((n, U.shape[0])), np.empty((n, V.shape[0]))  # rows touched only as the steps need them
+    Qa[0], Wa[0] = Q[k], W[k] / ray[k]
+    al, be, j = [float(ray[k])], [], 0
+
+    def ritz():
+        Pb, sb, Zt = np.linalg.svd(np.diag(al) + np.diag(be, 1))
+        v = Pb[:, 0] @ Wa[:j + 1]
+        return Pb, sb, Zt, v / np.linalg.norm(v)
+
+    for it in range(steps + refine):
+        if not found and it >= steps:
+            break
+        q = op.matmat_rows(Wa[j][None])[0]
+        info["products"] += 1
         q -= U @ (Ut @ q)
-        q -= al[-1] * Qs[-1]
-        for b in Qs:
-            q -= b * (b @ q)
-        be.append(float(np.linalg.norm(q)))
-        Qs.append(q / be[-1])
-        w = op.rmatmat_rows(Qs[-1][None])[0]
+        q -= al[-1] * Qa[j]
+        for _ in range(2):
+            q -= (Qa[:j + 1] @ q) @ Qa[:j + 1]
+        beta = float(np.linalg.norm(q))
+        if found:
+            Pb, sb, Zt, v = ritz()
+            if abs(beta * Pb[-1, 0]) <= tol * s[0]:                # refined to tol: the missing triple itself
+                u = Zt[0] @ Qa[:j + 1]
+                return dict(v=v, u=u / np.linalg.norm(u), s=float(sb[0]), converged=True), info
+        if beta <= 1e-15 * s[0]:
+            break
+        be.append(beta)
+        Qa[j + 1] = q / beta
+        w = op.rmatmat_rows(Qa[j + 1][None])[0]
+        info["products"] += 1
         w -= V @ (V.T @ w)
-        w -= be[-1] * Ws[-1]
-        for b in Ws:
-            w -= b * (b @ w)
-        al.append(float(np.linalg.norm(w)))
-        Ws.append(w / al[-1])
-        info["products"] += 2
-        Pb, sb, _ = np.linalg.svd(np.diag(al) + np.diag(be, 1))     # B with A Q = W B
-        if sb[0] > bar:
+        w -= beta * Wa[j]
+        for _ in range(2):
+            w -= (Wa[:j + 1] @ w) @ Wa[:j + 1]
+        alpha = float(np.linalg.norm(w))
+        if alpha <= 1e-15 * s[0]:
+            be.pop()
+            break
+        al.append(alpha)
+        Wa[j + 1] = w / alpha
+        j += 1
+        info["steps"] = j
+        Pb, sb, Zt, v = ritz()
+        if not found and sb[0] > bar:
+            found = True
             info.update(found=True, estimate=float(sb[0] / s[0]))
-            v = Pb[:, 0] @ np.array(Ws)
-            return v / np.linalg.norm(v), info
+            if not refine:
+                return dict(v=v), info
+    if found:
+        Pb, sb, Zt, v = ritz()
+        u = Zt[0] @ Qa[:j + 1]
+        return dict(v=v, u=u / np.linalg.norm(u), s=float(sb[0]), converged=False), info
     return None, info
 
 
@@ -649,11 +690,16 @@ def _choose_method(L: int, KM: int, rank: int | None) -> str:
 
 
 def _fix_signs(U, V):
-    "Flip (u_k, v_k) pairs so the largest-magnitude entry of each u_k is positive."
-    idx = np.argmax(np.abs(U), axis=0)
-    sgn = np.sign(U[idx, np.arange(U.shape[1])])
+    """Flip (u_k, v_k) pairs so the largest-magnitude entry of each u_k is positive; returns C-ordered copies (one
+    pass each: the truncated methods build U and V column-major)."""
+    Ut = U.T                                            # rows are contiguous for a column-major U
+    idx = np.argmax(np.abs(Ut), axis=1)
+    sgn = np.sign(Ut[np.arange(Ut.shape[0]), idx])
     sgn[sgn == 0] = 1.0
-    return U * sgn, V * sgn
+    Uo, Vo = np.empty(U.shape), np.empty(V.shape)
+    np.multiply(U, sgn, out=Uo)
+    np.multiply(V, sgn, out=Vo)
+    return Uo, Vo
 
 
 _OPTIONS = {"irlba": ("block_size", "ncv", "max_restarts"), "randomized": ("n_oversamples", "n_iter", "max_iter"),
@@ -697,31 +743,58 @@ def _auto_truncated(op, r: int, tol: float, seed: int, options: Mapping):
                                                               f"{t['products']} products") for t in tried)))
 
 
+_REFINE_STEPS = 20          # Golub-Kahan steps a repair may take on the deflated operator before irlba runs again
+
+
+def _merge_found(op, U, s, V, info: dict, found: dict):
+    """Add a refined missing triple to (U, s, V) and keep the r largest; its residuals are measured (2 products: it was
+    refined on the deflated operator, and the coupling through the returned triples' residuals is not in that one)."""
+    u, sg, v = found["u"], found["s"], found["v"]
+    s1 = max(s[0], sg)
+    res = max(np.linalg.norm(op.matmat_rows(v[None])[0] - sg * u),
+              np.linalg.norm(op.rmatmat_rows(u[None])[0] - sg * v)) / s1
+    sn = np.r_[s, sg]
+    keep = np.argsort(-sn, kind="stable")[:s.size]
+    resn = np.r_[np.asarray(info["residuals"]) * (s[0] / s1), res][keep]
+    info = dict(info, residuals=resn, converged=bool(resn.max() <= info["tol"]))
+    return np.column_stack([U, u])[:, keep], sn[keep], np.column_stack([V, v])[:, keep], info
+
+
 def _repair_twins(op, r: int, tol: float, seed: int, U, s, V, info: dict, repair: bool, irlba_opts: Mapping):
-    """`_twin_check` on a converged result. With `repair`, while a missing triple is found (twice at most), irlba runs
-    again from a block of two: the sum of the returned v_k and the direction found. A find that is not repaired makes
-    the result unconverged. Returns (U, s, V, info) with ``info["twin_check"]`` (one dict per check) and, after a
-    repair, ``info["repaired"]`` (number of irlba reruns)."""
-    log, reruns = [], 0
+    """`_twin_check` on a converged result. With `repair`, while a missing triple is found (twice at most): the check's
+    Golub-Kahan steps on the deflated operator go on until the triple meets `tol` (at most `_REFINE_STEPS`), and it
+    replaces the smallest returned one; if they do not get there, irlba runs again from a block of two, the sum of the
+    returned v_k and the direction found. A find that is not repaired makes the result unconverged. Returns (U, s, V,
+    info) with ``info["twin_check"]`` (one dict per check) and, after a repair, ``info["repaired"]`` (the number of
+    repairs) and ``info["repairs"]`` (how each was made: "deflated" or "irlba rerun")."""
+    log, how = [], []
     while True:
-        v, ci = _twin_check(op, U, s, V, tol)
+        found, ci = _twin_check(op, U, s, V, tol, refine=_REFINE_STEPS if repair else 0)
         log.append(ci)
-        if v is None:
+        if found is None:
             break
-        if not repair or reruns == 2:
+        if not repair or len(how) == 2:
+            advice = ("still missing after two repairs; try options={'irlba': {'block_size': 2}} or another seed"
+                      if repair else "method='irlba' or 'auto' repair such a miss")
             logger.warning("SVD: a singular triple above s_%d is missing (a vector orthogonal to the returned ones has "
-                           "singular value at least %.6g s_1 > s_%d = %.6g s_1); use method='irlba' or 'auto'",
-                           r, ci["estimate"], r, s[-1] / s[0])
+                           "singular value at least %.6g s_1 > s_%d = %.6g s_1); %s",
+                           r, ci["estimate"], r, s[-1] / s[0], advice)
             info = dict(info, converged=False)
             break
-        opts = {k: irlba_opts[k] for k in ("ncv", "max_restarts") if k in irlba_opts}
-        U, s, V, info = _irlba(op, r, tol=tol, seed=seed, block_size=2, start=np.vstack([V.sum(axis=1), v]), **opts)
-        reruns += 1
+        if found.get("converged"):
+            U, s, V, info = _merge_found(op, U, s, V, dict(info, tol=tol), found)
+            how.append("deflated")
+        else:
+            opts = {k: irlba_opts[k] for k in ("ncv", "max_restarts") if k in irlba_opts}
+            U, s, V, info = _irlba(op, r, tol=tol, seed=seed, block_size=2,
+                                   start=np.vstack([V.sum(axis=1), found["v"]]), **opts)
+            how.append("irlba rerun")
         if not info["converged"]:
             break
     info = dict(info, twin_check=log)
-    if reruns:
-        info["repaired"] = reruns
+    info.pop("tol", None)
+    if how:
+        info.update(repaired=len(how), repairs=how)
     return U, s, V, info
 
 
@@ -827,7 +900,7 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         U, s, V, method, info, diag["tried"] = _auto_truncated(op, r, tol, seed, options)
         if twin_check:
             U, s, V, info = _repair_twins(op, r, tol, seed, U, s, V, info, True, options.get("irlba", {}))
-            method = "irlba" if info.get("repaired") else method
+            method = "irlba" if "irlba rerun" in info.get("repairs", ()) else method
     else:
         U, s, V, info = _run_truncated(op, r, method, tol, seed, options.get(method, {}))
         if twin_check and info["converged"]:
@@ -837,7 +910,7 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     diag.update(info)
     diag.update(n_matvec=op.n_matvec - n0, n_rmatvec=op.n_rmatvec - m0,
                 products=op.n_matvec - n0 + op.n_rmatvec - m0)
-    U, V = _fix_signs(np.ascontiguousarray(U), np.ascontiguousarray(V))
+    U, V = _fix_signs(U, V)
     return SVDResult(U, np.ascontiguousarray(s), V, method, diag)
 
 # %% ../nbs/03_ssa.ipynb #b2101eb9

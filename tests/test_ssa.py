@@ -242,17 +242,37 @@ def test_auto_returns_the_noise_component_not_its_twin(seed):
     bare = decompose(x, 50_000, 5, "irlba", twin_check=False)
     assert bare.diagnostics["converged"]                                   # meets tol ...
     assert abs(bare.s[4] - ref.s[5]) < 1e-8 * ref.s[0] < 3e-7 * ref.s[0] < ref.s[4] - bare.s[4]   # ... with s_6
+    op = trajectory_operator(x, 50_000)
     for method in ("auto", "irlba"):
         res = decompose(x, 50_000, 5, method)
         d = res.diagnostics
-        assert res.method == "irlba" and d["converged"] and d["repaired"] == 1 and d["block_size"] == 2
+        assert res.method == "irlba" and d["converged"] and d["repaired"] == 1 and d["repairs"] == ["deflated"]
         assert d["twin_check"][0]["found"] and not d["twin_check"][-1]["found"]
         assert d["twin_check"][0]["estimate"] * ref.s[0] > bare.s[4] + 1e-7 * ref.s[0]
         np.testing.assert_allclose(res.s, ref.s[:5], rtol=0, atol=1e-7 * ref.s[0])
+        # the merged set is a valid result on its own: explicit residuals within tol, orthonormal factors
+        res_xv = np.linalg.norm(op.matmat(res.V) - res.U * res.s, axis=0)
+        res_xtu = np.linalg.norm(op.rmatmat(res.U) - res.V * res.s, axis=0)
+        assert max(res_xv.max(), res_xtu.max()) <= 1e-7 * res.s[0]
+        assert np.abs(res.U.T @ res.U - np.eye(5)).max() < 1e-12 and np.abs(res.V.T @ res.V - np.eye(5)).max() < 1e-12
+        assert d["products"] < 2 * bare.diagnostics["products"] + 10     # a repair costs less than a second run
     if seed == 0:
         pro = decompose(x, 50_000, 5, "propack")
         assert pro.diagnostics["twin_check"][-1]["found"] and not pro.diagnostics["converged"]
         assert abs(pro.s[4] - ref.s[5]) < 1e-8 * ref.s[0]                   # its fifth value is s_6, and it says so
+
+
+def test_twin_repair_falls_back_to_an_irlba_rerun(monkeypatch):
+    """When the deflated Golub-Kahan steps do not bring the found triple to tol (here: allowed one step), irlba runs
+    again from a block of two (the sum of the returned v_k and the direction found); AR(1) seed 0 as above."""
+    import ptrader.ssa as ssa_mod
+    monkeypatch.setattr(ssa_mod, "_REFINE_STEPS", 1)
+    x = _noisy("ar1", 100_000, 0)
+    ref = decompose(x, 50_000, 7, "lanczos", tol=1e-10)
+    res = decompose(x, 50_000, 5)
+    d = res.diagnostics
+    assert d["converged"] and d["repairs"] == ["irlba rerun"] and d["block_size"] == 2 and res.method == "irlba"
+    np.testing.assert_allclose(res.s, ref.s[:5], rtol=0, atol=1e-7 * ref.s[0])
 
 
 def test_twin_check_finds_nothing_when_nothing_is_missing():
