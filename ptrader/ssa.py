@@ -389,7 +389,23 @@ def _reorth(W, B, lo: int, m: int, H):
     """Orthogonalize the rows of W in place against rows ``B[:m]``: first against the last block ``B[lo:m]``, then
     against the older rows ``B[:lo]``. That second projection is applied only where W has a component above 1e-12 of
     its norm along them (otherwise the basis is orthogonal to working accuracy and the update pass is skipped).
-    Coefficients are added to H (m, b) when given."""
+    Coefficients are added to H (m, b) when given. One contiguous row (the single-vector Lanczos) is updated in place
+    by BLAS axpy/gemv, without the (1, n) temporaries of the block path."""
+    if W.shape[0] == 1 and W.strides[-1] == W.itemsize and W.dtype == np.float64:
+        w, blas = W[0], scipy.linalg.blas
+        for a, b in ((lo, m), (0, lo)):
+            if b <= a:
+                continue
+            h = B[a:b] @ w
+            if a == 0 and lo > 0 and np.abs(h).max() <= 1e-12 * math.sqrt(w @ w):
+                continue                                  # the older rows: orthogonal to working accuracy
+            if b - a == 1:
+                blas.daxpy(B[a], w, a=-h[0])
+            else:
+                blas.dgemv(-1.0, B[a:b].T, h, beta=1.0, y=w, overwrite_y=True)
+            if H is not None:
+                H[a:b, 0] += h
+        return
     if m > lo:
         h = B[lo:m] @ W.T
         W -= h.T @ B[lo:m]
