@@ -849,8 +849,10 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     twin_check : bool
         After a truncated method converges, look for a triple it missed (`_twin_check`: the Hilbert partners of the
         returned vectors and one deflated Golub-Kahan step, at most ``rank + 2`` products). "auto" and "irlba" repair
-        a find by running irlba again from a block of two (the found direction among them); the other methods report
-        it as not converged, with a warning. Recorded in ``diagnostics["twin_check"]``.
+        a find: more Golub-Kahan steps on the deflated operator bring the missing triple to `tol` and it replaces the
+        smallest returned one (its residuals measured in X; if 20 steps do not get there, irlba runs again from a
+        block of two, the found direction among them); the other methods report it as not converged, with a
+        warning. Recorded in ``diagnostics["twin_check"]``, ``["repaired"]`` and ``["repairs"]``.
 
     Returns
     -------
