@@ -642,10 +642,13 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
     Qa[0], Wa[0] = Q[k], W[k] / ray[k]
     al, be, j = [float(ray[k])], [], 0
 
-    def ritz():
+    def ritz():                                                    # top Ritz triple: (sigma, left z, right p)
         Pb, sb, Zt = np.linalg.svd(np.diag(al) + np.diag(be, 1))
-        v = Pb[:, 0] @ Wa[:j + 1]
-        return Pb, sb, Zt, v / np.linalg.norm(v)
+        return sb[0], Zt[0], Pb[:, 0]
+
+    def vectors(z, p):
+        u, v = z @ Qa[:j + 1], p @ Wa[:j + 1]
+        return u / np.linalg.norm(u), v / np.linalg.norm(v)
 
     for it in range(steps + refine):
         if not found and it >= steps:
@@ -658,10 +661,10 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
             q -= (Qa[:j + 1] @ q) @ Qa[:j + 1]
         beta = float(np.linalg.norm(q))
         if found:
-            Pb, sb, Zt, v = ritz()
-            if abs(beta * Pb[-1, 0]) <= tol * s[0]:                # refined to tol: the missing triple itself
-                u = Zt[0] @ Qa[:j + 1]
-                return dict(v=v, u=u / np.linalg.norm(u), s=float(sb[0]), converged=True), info
+            sg, z, p = ritz()
+            if abs(beta * p[-1]) <= tol * s[0]:                    # refined to tol: the missing triple itself
+                u, v = vectors(z, p)
+                return dict(v=v, u=u, s=float(sg), converged=True), info
         if beta <= 1e-15 * s[0]:
             break
         be.append(beta)
@@ -680,16 +683,17 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
         Wa[j + 1] = w / alpha
         j += 1
         info["steps"] = j
-        Pb, sb, Zt, v = ritz()
-        if not found and sb[0] > bar:
-            found = True
-            info.update(found=True, estimate=float(sb[0] / s[0]))
-            if not refine:
-                return dict(v=v), info
+        if not found:
+            sg, z, p = ritz()
+            if sg > bar:
+                found = True
+                info.update(found=True, estimate=float(sg / s[0]))
+                if not refine:
+                    return dict(v=vectors(z, p)[1]), info
     if found:
-        Pb, sb, Zt, v = ritz()
-        u = Zt[0] @ Qa[:j + 1]
-        return dict(v=v, u=u / np.linalg.norm(u), s=float(sb[0]), converged=False), info
+        sg, z, p = ritz()
+        u, v = vectors(z, p)
+        return dict(v=v, u=u, s=float(sg), converged=False), info
     return None, info
 
 
@@ -762,7 +766,7 @@ def _auto_truncated(op, r: int, tol: float, seed: int, options: Mapping):
 _REFINE_STEPS = 20          # Golub-Kahan steps a repair may take on the deflated operator before irlba runs again
 
 
-def _merge_found(op, U, s, V, info: dict, found: dict):
+def _merge_found(op, U, s, V, info: dict, found: dict, tol: float):
     """Add a refined missing triple to (U, s, V) and keep the r largest; its residuals are measured (2 products: it was
     refined on the deflated operator, and the coupling through the returned triples' residuals is not in that one)."""
     u, sg, v = found["u"], found["s"], found["v"]
@@ -772,7 +776,7 @@ def _merge_found(op, U, s, V, info: dict, found: dict):
     sn = np.r_[s, sg]
     keep = np.argsort(-sn, kind="stable")[:s.size]
     resn = np.r_[np.asarray(info["residuals"]) * (s[0] / s1), res][keep]
-    info = dict(info, residuals=resn, converged=bool(resn.max() <= info["tol"]))
+    info = dict(info, residuals=resn, converged=bool(resn.max() <= tol))
     return np.column_stack([U, u])[:, keep], sn[keep], np.column_stack([V, v])[:, keep], info
 
 
@@ -798,7 +802,7 @@ def _repair_twins(op, r: int, tol: float, seed: int, U, s, V, info: dict, repair
             info = dict(info, converged=False)
             break
         if found.get("converged"):
-            U, s, V, info = _merge_found(op, U, s, V, dict(info, tol=tol), found)
+            U, s, V, info = _merge_found(op, U, s, V, info, found, tol)
             how.append("deflated")
         else:
             opts = {k: irlba_opts[k] for k in ("ncv", "max_restarts") if k in irlba_opts}
@@ -808,7 +812,6 @@ def _repair_twins(op, r: int, tol: float, seed: int, U, s, V, info: dict, repair
         if not info["converged"]:
             break
     info = dict(info, twin_check=log)
-    info.pop("tol", None)
     if how:
         info.update(repaired=len(how), repairs=how)
     return U, s, V, info
