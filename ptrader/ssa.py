@@ -31,7 +31,7 @@ __all__ = ['logger', 'METHODS', 'EMBEDDINGS', 'BACKENDS', 'DEFAULT_TOL', 'TRUNCA
            'cupy_or_none', 'resolve_backend', 'BatchedSSAResult', 'batched_ssa', 'rolling_ssa']
 
 # %% ../nbs/03_ssa.ipynb #212e3d6c
-METHODS = ("auto", "full", "eigen", "irlba", "lanczos", "propack", "randomized")
+METHODS = ("auto", "full", "eigen", "symlanczos", "irlba", "lanczos", "propack", "randomized")
 EMBEDDINGS = ("hankel", "page")
 BACKENDS = ("auto", "cpu", "gpu")
 
@@ -307,7 +307,7 @@ def lag_covariance_nb(x, L):
 
 # %% ../nbs/03_ssa.ipynb #43a03749
 DEFAULT_TOL = 1e-7          # residual tolerance of the iterative methods, relative to sigma_1
-TRUNCATED = ("irlba", "propack", "lanczos", "randomized")
+TRUNCATED = ("symlanczos", "irlba", "propack", "lanczos", "randomized")
 _FULL_MAX_BYTES = 2 ** 30   # never build an explicit trajectory matrix larger than this in "auto"
 
 
@@ -476,6 +476,133 @@ def _irlba(op, r: int, *, tol: float, block_size: int = 1, ncv: int | None = Non
     V = (Qt[:r] @ Vb[:m]).T
     info = dict(steps=steps, restarts=restarts, ncv=ncv, block_size=b,
                 residuals=res / s1 if s1 > 0 else res, residual_kind="recurrence", converged=bool(converged))
+    return U, s[:r], V, info
+
+# %% ../nbs/03_ssa.ipynb #5a11e0a2
+_SYM_MAX_BYTES = 2 ** 30    # largest basis symlanczos allocates (its rows are touched only as the steps use them)
+
+
+def _symlanczos_shape(op) -> str | None:
+    "Why `symlanczos` does not apply to `op`, or None when it does (one-channel Hankel, ``|K - L| <= 1``)."
+    if op.M != 1 or op.embedding != "hankel":
+        return "needs a one-channel Hankel trajectory matrix"
+    if abs(op.L - op.K) > 1:
+        return f"needs a square symmetric block: |K - L| <= 1 (L = N/2 or N/2 + 1 for even N, (N + 1)/2 for odd N), got L={op.L}, K={op.K}"
+    return None
+
+
+def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0, eta: float = 1e-10):
+    """Lanczos tridiagonalization of the square symmetric Hankel block of X: one product per step.
+
+    With ``K = L + 1``, ``X = [Z, c]``: ``Z = X[:, :L]`` is a symmetric Hankel matrix and ``c = x[L:]`` the last
+    column, so ``X X^T = Z^2 + c c^T``. Lanczos on Z from ``q_1 = c / ||c||`` (full reorthogonalization, every
+    coefficient kept) gives ``Z Q_k = Q_{k+1} H`` with H (k+1, k) tridiagonal to rounding; then ``X^T Q_k = [Q_{k+1} H;
+    ||c|| e_1^T]`` exactly, and the Ritz triples of X on the left basis Q_k and the right basis ``[Q_{k+1}, e_K]`` are
+    the SVD of the (k+2, k) matrix ``B = [H; ||c|| e_1^T]``: ``X^T u = s v`` to rounding and ``||X v - s u||`` read off
+    the next step (within about ``eta * s_1`` of the explicit residual; the run stops ``10 eta`` inside `tol`). ``K = L``: X = Z, random start (seeded). ``L = K + 1``: the same on ``X^T``. Raises ValueError for
+    any other shape or for ``ncv < r + 2``.
+
+    Why it pays: k products span ``K_k(Z, c)``, which holds ``K_{k/2}(X X^T, c)`` (what Golub-Kahan reaches with the
+    same products) and the odd powers of Z besides; and the sine/cosine pairs of the noise floor, near-double singular
+    values of X, are eigenvalues of Z of opposite sign, far apart, so one start vector resolves both. The basis is
+    not restarted (`ncv` rows at most, default ``max(120, 10 r + 20)`` capped at 1 GiB); a run that reaches it
+    returns unconverged and "auto" goes on to irlba. Reorthogonalization: after the three-term part, the new
+    vector's component along the older rows is bounded from the recurrence (q_j's loss times ||Z||, q_{j-1}'s times
+    beta, plus rounding, over the new norm: Simon's (1984) omega recurrence, taken in norm); only when that bound
+    exceeds `eta` is it measured (one pass over the basis), and corrected where the measured component exceeds `eta`
+    of its norm, then once more if the correction dropped the norm by more than 30% (Daniel, Gragg, Kaufman &
+    Stewart 1976). So the basis stays orthogonal to `eta` and about every other step touches it twice.
+
+    Returns ``(U, s, V, info)``; info has steps (= products), ncv, start ("last column", "last row" or "random"),
+    reorth_measured / reorth_passes (steps whose vector was measured against / corrected against the older rows),
+    residuals (recurrence, relative to s_1), converged.
+
+    References: Lanczos (1950); Golub & Van Loan (2013), Sect. 10.1; Parlett (1998), Ch. 13 (reorthogonalization)."""
+    why = _symlanczos_shape(op)
+    if why:
+        raise ValueError(f"method 'symlanczos': {why}")
+    tr = op.L > op.K                                     # work on X^T: a Hankel matrix of window K, L = K + 1 columns
+    n, width = min(op.L, op.K), max(op.L, op.K)
+    prod = op.rmatmat_rows if tr else op.matmat_rows
+    c = op._a[width - 1:width - 1 + n, 0] if width > n else None    # the column (row of X, for X^T) beside Z
+    if ncv is None:
+        ncv = min(max(120, 10 * r + 20), _SYM_MAX_BYTES // (8 * (width + 1)) - 2)
+    ncv = min(int(ncv), n - 2)
+    if ncv < r + 2:
+        raise ValueError(f"ncv: symlanczos needs r + 2 <= ncv <= min(L, K) - 2; got ncv={ncv} for rank {r}, "
+                         f"min(L, K)={n}")
+    rng = np.random.default_rng(seed)
+    Q = np.zeros((ncv + 2, width))                       # rows (q_j, 0): Z q_j is one product of X (or X^T)
+    H = np.zeros((ncv + 2, ncv + 1))
+    cn = 0.0 if c is None else float(np.sqrt(c @ c))
+    start = ("last row" if tr else "last column") if cn > 0 else "random"
+    Q[0, :n] = c / cn if cn > 0 else rng.standard_normal(n)
+    Q[0] /= np.sqrt(Q[0] @ Q[0])
+    blas = scipy.linalg.blas
+    margin = min(10 * eta, 0.1 * tol)    # the recurrence residual is within ~eta s_1 of the explicit one (loss <= eta)
+    j, s1, znorm, passes, measured, converged = 0, 0.0, 0.0, 0, 0, False
+    res, s, P, Wt, k = np.full(r, np.inf), None, None, None, 0
+    loss = np.zeros(ncv + 2)                             # each q_j's largest component along the older rows (bound)
+    while j < ncv:
+        w = Q[j + 1]
+        w[:n] = prod(Q[j:j + 1])[0]                      # Z q_j
+        nz = math.sqrt(w @ w)
+        znorm = max(znorm, nz, s1)                       # a lower bound on ||Z||, <= s_1 of X
+        lo = max(j - 1, 0)
+        for _ in range(2):                               # the three-term part, twice: |w| << |Z q_j| cancels
+            h = Q[lo:j + 1] @ w
+            blas.dgemv(-1.0, Q[lo:j + 1].T, h, beta=1.0, y=w, overwrite_y=True)
+            H[lo:j + 1, j] += h
+        nw = math.sqrt(w @ w)
+        if lo > 0:
+            # what the recurrence carries into w from the older rows: q_j's loss times ||Z||, q_{j-1}'s times beta,
+            # and the rounding of the product; measured (one pass over the basis) only when that may exceed eta
+            est = (loss[j] * znorm + loss[j - 1] * H[j, j - 1] + 1e-14 * znorm) / max(nw, 1e-300)
+            if est <= eta:
+                loss[j + 1] = est
+            else:
+                measured += 1
+                h = Q[:lo] @ w
+                loss[j + 1] = np.abs(h).max() / max(nw, 1e-300)
+                if loss[j + 1] > eta:                    # correct, then again while the norm drops a lot (DGKS)
+                    blas.dgemv(-1.0, Q[:lo].T, h, beta=1.0, y=w, overwrite_y=True)
+                    H[:lo, j] += h
+                    passes += 1
+                    nw2 = math.sqrt(w @ w)
+                    if nw2 < 0.7 * nw:
+                        h = Q[:j + 1] @ w
+                        blas.dgemv(-1.0, Q[:j + 1].T, h, beta=1.0, y=w, overwrite_y=True)
+                        H[:j + 1, j] += h
+                        passes += 1
+                        nw2 = math.sqrt(w @ w)
+                    nw, loss[j + 1] = nw2, 1e-15
+        if nw <= 1e-13 * max(nz, s1):                    # an invariant subspace: go on from a random direction
+            g = rng.standard_normal(n)
+            for _ in range(2):
+                g -= (Q[:j + 1, :n] @ g) @ Q[:j + 1, :n]
+            w[:n] = g / math.sqrt(g @ g)
+        else:
+            w *= 1.0 / nw
+            H[j + 1, j] = nw
+        j += 1                                           # products: j; Z Q_j = Q_{j+1} H[:j+1, :j]
+        k = j - 1                                        # left basis Q_k, right basis [Q_{k+1}, e]
+        if k < r:
+            continue
+        B = H[:k + 1, :k] if cn == 0 else np.vstack([H[:k + 1, :k], np.eye(1, k) * cn])
+        P, s, Wt = np.linalg.svd(B, full_matrices=False)
+        s1 = s[0]
+        p = P[:, :r]
+        res = np.hypot(H[k, k - 1] * p[k - 1] + H[k, k] * p[k], H[k + 1, k] * p[k])
+        if res.max() + margin * s1 <= tol * s1:
+            converged = True
+            break
+    left = (Wt[:r] @ Q[:k, :n]).T                        # (n, r)
+    right = (P[:k + 1, :r].T @ Q[:k + 1]).T               # (width, r)
+    if cn > 0:
+        right[n] = P[k + 1, :r]
+    U, V = (right, left) if tr else (left, right)
+    info = dict(steps=j, ncv=ncv, start=start, reorth_passes=passes, reorth_measured=measured, residuals=res / s1 if s1 > 0 else res,
+                residual_kind="recurrence", converged=converged)
     return U, s[:r], V, info
 
 # %% ../nbs/03_ssa.ipynb #a1c0ff05
@@ -722,7 +849,7 @@ def _fix_signs(U, V):
     return Uo, Vo
 
 
-_OPTIONS = {"irlba": ("block_size", "ncv", "max_restarts"), "randomized": ("n_oversamples", "n_iter", "max_iter"),
+_OPTIONS = {"symlanczos": ("ncv",), "irlba": ("block_size", "ncv", "max_restarts"), "randomized": ("n_oversamples", "n_iter", "max_iter"),
             "lanczos": ("ncv", "max_iter"), "propack": ("max_iter",)}
 
 
@@ -730,6 +857,8 @@ def _run_truncated(op, r: int, method: str, tol: float, seed: int, opts: Mapping
     "One truncated method with its options; returns (U, s, V, info)."
     for k in opts:
         _check_choice(k, _OPTIONS[method], f"options[{method!r}]")
+    if method == "symlanczos":
+        return _symlanczos(op, r, tol=tol, seed=seed, **opts)
     if method == "irlba":
         return _irlba(op, r, tol=tol, seed=seed, **opts)
     if method == "randomized":
@@ -737,11 +866,17 @@ def _run_truncated(op, r: int, method: str, tol: float, seed: int, opts: Mapping
     return _svd_scipy(op, r, "arpack" if method == "lanczos" else "propack", tol=tol, seed=seed, **opts)
 
 
+def _auto_order(op) -> tuple:
+    "The truncated methods `auto` tries on `op`, in order (symlanczos only where it applies)."
+    return tuple(m for m in TRUNCATED if m != "symlanczos" or _symlanczos_shape(op) is None)
+
+
 def _auto_truncated(op, r: int, tol: float, seed: int, options: Mapping):
-    """Try irlba, PROPACK, ARPACK, then randomized (iterated to `tol`, at most 200 power iterations); accept the
-    first whose residuals are all within ``tol * s_1``; raise `ConvergenceFailure` naming every attempt otherwise."""
+    """Try symlanczos (when X has a square symmetric block, see `_symlanczos_shape`), irlba, PROPACK, ARPACK, then
+    randomized (iterated to `tol`, at most 200 power iterations); accept the first whose residuals are all within
+    ``tol * s_1``; raise `ConvergenceFailure` naming every attempt otherwise."""
     tried = []
-    for method in TRUNCATED:
+    for method in _auto_order(op):
         opts = dict(options.get(method, {}))
         if method == "randomized":
             opts.setdefault("max_iter", 200)
@@ -831,9 +966,10 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     rank : int, optional
         Number of triples, ``1 <= rank <= min(L, M*K)``; None means all ``min(L, M*K)`` (then the truncated
         methods are not available).
-    method : {"auto", "full", "eigen", "irlba", "propack", "lanczos", "randomized"}
+    method : {"auto", "full", "eigen", "symlanczos", "irlba", "propack", "lanczos", "randomized"}
         Algorithm, see the table above. "auto" picks "full" or "eigen" when the cost model says they are cheapest,
-        else tries irlba, PROPACK, ARPACK and randomized in turn and keeps the first that meets `tol`.
+        else tries symlanczos (one-channel Hankel with ``|K - L| <= 1``, e.g. ``L = N // 2``), irlba, PROPACK, ARPACK
+        and randomized in turn and keeps the first that meets `tol`.
     embedding : {"hankel", "page"}
     seed : int
         Seed of the random starts.
@@ -846,12 +982,13 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         component along one member can come back as its twin, e.g. ``s_6`` in place of ``s_5`` (both meet `tol`).
         `twin_check` looks for such a miss.
     options : mapping method -> mapping, optional
-        Per-method settings: irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
+        Per-method settings: symlanczos ``ncv`` (largest basis, ``max(120, 10r + 20)``); irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
         ``max_restarts`` (100); randomized ``n_oversamples`` (10), ``n_iter`` (2), ``max_iter`` (``n_iter``; 200 in
         "auto"); lanczos ``ncv``, ``max_iter``; propack ``max_iter`` (Krylov dimension).
     twin_check : bool
         After a truncated method converges, look for a triple it missed (`_twin_check`: the Hilbert partners of the
-        returned vectors and one deflated Golub-Kahan step, at most ``rank + 2`` products). "auto" and "irlba" repair
+        returned vectors and one deflated Golub-Kahan step, at most ``rank + 2`` products). "auto", "symlanczos" and
+        "irlba" repair
         a find: more Golub-Kahan steps on the deflated operator bring the missing triple to `tol` and it replaces the
         smallest returned one (its residuals measured in X; if 20 steps do not get there, irlba runs again from a
         block of two, the found direction among them); the other methods report it as not converged, with a
@@ -867,7 +1004,8 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     ------
     ValueError
         NaN/inf in `x`, `L` outside 2..N-1, `rank` above min(L, K), unknown `method` or `embedding`, a truncated
-        method asked for every triple, or options the method does not take.
+        method asked for every triple, options the method does not take, or "symlanczos" on a matrix without a
+        square symmetric block (``|K - L| > 1``, Page or multichannel).
     ConvergenceFailure
         "auto": no method met `tol` (the message names each method and its residual); an explicit ARPACK/PROPACK
         call that gave up. An explicit method that ends above `tol` returns with ``diagnostics["converged"]`` False
@@ -898,7 +1036,7 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     if method == "auto":
         method = _choose_method(L, KM, rank)
         diag["reason"] = (f"cost model for L={L}, K={KM}, rank={rank}: {method}" if method != "irlba" else
-                          f"L={L}, K={KM}, rank={rank}: truncated; tried in order {', '.join(TRUNCATED)}")
+                          f"L={L}, K={KM}, rank={rank}: truncated; tried in order {', '.join(_auto_order(op))}")
         if method == "irlba":
             method = "auto"
     if method in TRUNCATED and r + 2 > min(L, KM) // 2:
@@ -925,7 +1063,8 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
     else:
         U, s, V, info = _run_truncated(op, r, method, tol, seed, options.get(method, {}))
         if twin_check and info["converged"]:
-            U, s, V, info = _repair_twins(op, r, tol, seed, U, s, V, info, method == "irlba", options.get("irlba", {}))
+            U, s, V, info = _repair_twins(op, r, tol, seed, U, s, V, info, method in ("symlanczos", "irlba"),
+                                          options.get("irlba", {}))
         if not info["converged"] and not (info.get("twin_check") and info["twin_check"][-1]["found"]):
             logger.warning("%s SVD: max residual %.3g of s_1 above tol %.3g", method, np.max(info["residuals"]), tol)
     diag.update(info)

@@ -19,8 +19,9 @@ Cases
    values against a tight reference (ARPACK, rank r + 3, tol 1e-10), relative to s_1: a method can meet tol and
    still return the twin of a noise component instead of the component itself (the noise components of a Hankel
    matrix come in sine/cosine pairs whose values differ by 1e-7 to 1e-3 relative). Every method runs with the
-   missing-twin check (the default); "irlba-nocheck" is irlba without it (the column shows the twins it returns and
-   the pairs column what the check costs), "irlba-b2" irlba from a block of two start vectors. Each row is
+   missing-twin check (the default); "-nocheck" is the method without it (the column shows the twins it returns and
+   the pairs column what the check costs), "irlba-b2" irlba from a block of two start vectors. With L = N/2, `auto`
+   is symlanczos (Lanczos on the square symmetric Hankel block, one product per step). Each row is
    `decompose` + `diagonal_average` of the rank-r sum (what SSA.fit + reconstruct run). The cost targets are 60
    FFT pairs at N = 1e6 (auto) and 100 at N = 1e5 (every truncated method). Each run is repeated --repeat times
    (default 3) and the smallest count is printed (the unit measured around each repeat), as timeit does: on a shared
@@ -170,7 +171,8 @@ def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int 
           f"{'products':>8s} {'max res/s1':>10s} {'s err/s1':>9s} conv")
     rows = []
     for N in sizes:
-        methods = (("auto", "irlba", "irlba-nocheck", "irlba-b2", "propack", "lanczos", "randomized") if N <= 100_000
+        methods = (("auto", "symlanczos", "symlanczos-nocheck", "irlba", "irlba-nocheck", "irlba-b2", "propack",
+                    "lanczos", "randomized") if N <= 100_000
                    else methods_1m)
         for kind in kinds:
             x = noisy_series(kind, N)
@@ -181,7 +183,7 @@ def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int 
                     w0, c0 = fft_pair_unit(N)
                     t0, p0 = time.perf_counter(), time.process_time()
                     try:
-                        res = decompose(x, N // 2, r, method.split("-")[0], twin_check=method != "irlba-nocheck",
+                        res = decompose(x, N // 2, r, method.split("-")[0], twin_check=not method.endswith("-nocheck"),
                                         options={"irlba": {"block_size": 2}} if method == "irlba-b2" else None)
                         diagonal_average(res.U, res.V * res.s)
                     except ConvergenceFailure as e:
