@@ -509,9 +509,9 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     returns unconverged and "auto" goes on to irlba. Reorthogonalization: after the three-term part, the new
     vector's component along the older rows is bounded from the recurrence (q_j's loss times ||Z||, q_{j-1}'s times
     beta, plus rounding, over the new norm: Simon's (1984) omega recurrence, taken in norm); only when that bound
-    exceeds `eta` is it measured (one pass over the basis), and corrected where the measured component exceeds `eta`
-    of its norm, then once more if the correction dropped the norm by more than 30% (Daniel, Gragg, Kaufman &
-    Stewart 1976). So the basis stays orthogonal to `eta` and about every other step touches it twice.
+    exceeds `eta` is the vector orthogonalized against them, by block Gram-Schmidt in blocks of 4 MiB (each block
+    read once for its coefficients and its update), and once more if that dropped its norm by more than 30% (Daniel,
+    Gragg, Kaufman & Stewart 1976). So the basis stays orthogonal to `eta` and about every other step reads it.
 
     Returns ``(U, s, V, info)``; info has steps (= products), ncv, start ("last column", "last row" or "random"),
     reorth_measured / reorth_passes (steps whose vector was measured against / corrected against the older rows),
@@ -540,42 +540,51 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     Q[0] /= np.sqrt(Q[0] @ Q[0])
     blas = scipy.linalg.blas
     margin = min(10 * eta, 0.1 * tol)    # the recurrence residual is within ~eta s_1 of the explicit one (loss <= eta)
+    blk = max(1, (4 << 20) // (8 * width))              # rows per block of the older-row pass: 4 MiB, in cache
     j, s1, znorm, passes, measured, converged = 0, 0.0, 0.0, 0, 0, False
-    res, s, P, Wt, k = np.full(r, np.inf), None, None, None, 0
+    res, s, P, Wt, k, solved = np.full(r, np.inf), None, None, None, 0, -1
     loss = np.zeros(ncv + 2)                             # each q_j's largest component along the older rows (bound)
+
+    def ritz(k):                                         # Ritz triples on (Q_k, [Q_{k+1}, e]) and their residuals
+        B = H[:k + 1, :k] if cn == 0 else np.vstack([H[:k + 1, :k], np.eye(1, k) * cn])
+        P, s, Wt = np.linalg.svd(B, full_matrices=False)
+        p = P[:, :r]
+        return P, s, Wt, np.hypot(H[k, k - 1] * p[k - 1] + H[k, k] * p[k], H[k + 1, k] * p[k])
+
     while j < ncv:
         w = Q[j + 1]
         w[:n] = prod(Q[j:j + 1])[0]                      # Z q_j
         nz = math.sqrt(w @ w)
         znorm = max(znorm, nz, s1)                       # a lower bound on ||Z||, <= s_1 of X
         lo = max(j - 1, 0)
-        for _ in range(2):                               # the three-term part, twice: |w| << |Z q_j| cancels
+        for _ in range(2):                               # the three-term part; again only after heavy cancellation
             h = Q[lo:j + 1] @ w
             blas.dgemv(-1.0, Q[lo:j + 1].T, h, beta=1.0, y=w, overwrite_y=True)
             H[lo:j + 1, j] += h
-        nw = math.sqrt(w @ w)
+            nw = math.sqrt(w @ w)
+            if nw > 1e-4 * nz:                           # what is left along q_j, q_{j-1}: ~eps nz / nw <= 1e-12
+                break
         if lo > 0:
             # what the recurrence carries into w from the older rows: q_j's loss times ||Z||, q_{j-1}'s times beta,
             # and the rounding of the product; measured (one pass over the basis) only when that may exceed eta
             est = (loss[j] * znorm + loss[j - 1] * H[j, j - 1] + 1e-14 * znorm) / max(nw, 1e-300)
             if est <= eta:
                 loss[j + 1] = est
-            else:
+            else:                                        # block Gram-Schmidt: each block read once, while cached
                 measured += 1
-                h = Q[:lo] @ w
-                loss[j + 1] = np.abs(h).max() / max(nw, 1e-300)
-                if loss[j + 1] > eta:                    # correct, then again while the norm drops a lot (DGKS)
-                    blas.dgemv(-1.0, Q[:lo].T, h, beta=1.0, y=w, overwrite_y=True)
-                    H[:lo, j] += h
+                passes += 1
+                for b0 in range(0, lo, blk):
+                    h = Q[b0:min(b0 + blk, lo)] @ w
+                    blas.dgemv(-1.0, Q[b0:b0 + h.size].T, h, beta=1.0, y=w, overwrite_y=True)
+                    H[b0:b0 + h.size, j] += h
+                nw2 = math.sqrt(w @ w)
+                if nw2 < 0.7 * nw:                       # the norm dropped a lot: once more against everything (DGKS)
+                    h = Q[:j + 1] @ w
+                    blas.dgemv(-1.0, Q[:j + 1].T, h, beta=1.0, y=w, overwrite_y=True)
+                    H[:j + 1, j] += h
                     passes += 1
                     nw2 = math.sqrt(w @ w)
-                    if nw2 < 0.7 * nw:
-                        h = Q[:j + 1] @ w
-                        blas.dgemv(-1.0, Q[:j + 1].T, h, beta=1.0, y=w, overwrite_y=True)
-                        H[:j + 1, j] += h
-                        passes += 1
-                        nw2 = math.sqrt(w @ w)
-                    nw, loss[j + 1] = nw2, 1e-15
+                nw, loss[j + 1] = nw2, 1e-15
         if nw <= 1e-13 * max(nz, s1):                    # an invariant subspace: go on from a random direction
             g = rng.standard_normal(n)
             for _ in range(2):
@@ -586,23 +595,23 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
             H[j + 1, j] = nw
         j += 1                                           # products: j; Z Q_j = Q_{j+1} H[:j+1, :j]
         k = j - 1                                        # left basis Q_k, right basis [Q_{k+1}, e]
-        if k < r:
+        if k < r or (k >= 24 and k % 2):                 # past 24 steps the small SVD runs every other step
             continue
-        B = H[:k + 1, :k] if cn == 0 else np.vstack([H[:k + 1, :k], np.eye(1, k) * cn])
-        P, s, Wt = np.linalg.svd(B, full_matrices=False)
-        s1 = s[0]
-        p = P[:, :r]
-        res = np.hypot(H[k, k - 1] * p[k - 1] + H[k, k] * p[k], H[k + 1, k] * p[k])
+        P, s, Wt, res = ritz(k)
+        s1, solved = s[0], k
         if res.max() + margin * s1 <= tol * s1:
             converged = True
             break
-    left = (Wt[:r] @ Q[:k, :n]).T                        # (n, r)
+    if solved != k:                                      # stopped at ncv on a step without the small SVD
+        P, s, Wt, res = ritz(k)
+        s1 = s[0]
+    left = (Wt[:r] @ Q[:k])[:, :n].T                     # (n, r); full rows: a strided slice would be copied
     right = (P[:k + 1, :r].T @ Q[:k + 1]).T               # (width, r)
     if cn > 0:
         right[n] = P[k + 1, :r]
     U, V = (right, left) if tr else (left, right)
-    info = dict(steps=j, ncv=ncv, start=start, reorth_passes=passes, reorth_measured=measured, residuals=res / s1 if s1 > 0 else res,
-                residual_kind="recurrence", converged=converged)
+    info = dict(steps=j, ncv=ncv, start=start, reorth_passes=passes, reorth_measured=measured,
+                residuals=res / s1 if s1 > 0 else res, residual_kind="recurrence", converged=converged)
     return U, s[:r], V, info
 
 # %% ../nbs/03_ssa.ipynb #a1c0ff05
