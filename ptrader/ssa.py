@@ -527,9 +527,9 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     c = op._a[width - 1:width - 1 + n, 0] if width > n else None    # the column (row of X, for X^T) beside Z
     if ncv is None:
         ncv = min(max(120, 10 * r + 20), _SYM_MAX_BYTES // (8 * (width + 1)) - 2)
-    ncv = min(int(ncv), n - 2)
+    ncv = min(int(ncv), n - 1)                           # n - 1 steps: n basis vectors, all of R^n
     if ncv < r + 2:
-        raise ValueError(f"ncv: symlanczos needs r + 2 <= ncv <= min(L, K) - 2; got ncv={ncv} for rank {r}, "
+        raise ValueError(f"ncv: symlanczos needs r + 2 <= ncv <= min(L, K) - 1; got ncv={ncv} for rank {r}, "
                          f"min(L, K)={n}")
     rng = np.random.default_rng(seed)
     Q = np.zeros((ncv + 2, width))                       # rows (q_j, 0): Z q_j is one product of X (or X^T)
@@ -767,8 +767,8 @@ def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
         info.update(found=True, estimate=float(ray[k] / s[0]))
         if not refine:
             return dict(v=W[k] / ray[k]), info
-    elif ray[k] < 0.5 * s[-1]:                                     # no partner near the smallest returned value
-        return None, info
+    elif ray[k] < 0.5 * s[-1] or ray[k] == 0.0:                    # no partner near the smallest returned value
+        return None, info                                          # (or X^T is zero on the partners: nothing to find)
     # Golub-Kahan on A = (I - UU^T) X (I - VV^T) from the best partner q_0, full reorthogonalization:
     # A^T q_0 = alpha_0 w_0, A w_j = alpha_j q_j + beta_j q_{j+1}, A^T q_{j+1} = beta_j w_j + alpha_{j+1} w_{j+1}, so
     # A^T Q = W B and A W = Q B^T + beta q_next e^T with B upper bidiagonal; a Ritz triple (sigma, Q z, W p) of B has
@@ -1042,6 +1042,10 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
                          "for every triple")
     n0, m0 = op.n_matvec, op.n_rmatvec
     diag = dict(tol=tol, reason=f"method={method!r} requested")
+    if op.frobenius_sq() == 0.0:             # X = 0 (an all-zero series): every s_k is 0, any orthonormal U, V will do
+        diag.update(reason="the trajectory matrix is zero: exact answer, nothing run", residuals=np.zeros(r),
+                    residual_kind=None, converged=True, n_matvec=0, n_rmatvec=0, products=0)
+        return SVDResult(np.eye(L, r), np.zeros(r), np.eye(KM, r), "full", diag)
     if method == "auto":
         method = _choose_method(L, KM, rank)
         diag["reason"] = (f"cost model for L={L}, K={KM}, rank={rank}: {method}" if method != "irlba" else

@@ -41,6 +41,29 @@ def test_operator_matches_explicit_matrix(N, M, frac, seed, page):
     np.testing.assert_allclose(op.frobenius_sq(), np.sum(X * X), rtol=1e-10)
 
 
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(60, 900), shape=st.sampled_from(["K=L+1", "L=K+1", "square"]), r=st.integers(1, 6),
+       kind=st.sampled_from(["white", "ar1", "rw", "clean"]), seed=st.integers(0, 10**6))
+def test_symlanczos_matches_full_svd_on_random_sizes(N, shape, r, kind, seed):
+    "Every shape symlanczos takes, random lengths and ranks: the full SVD's singular values within tol-derived bounds."
+    N += (N % 2) if shape != "square" else (1 - N % 2)                  # even N for K = L +- 1, odd for square
+    L = {"K=L+1": N // 2, "L=K+1": N // 2 + 1, "square": (N + 1) // 2}[shape]
+    x = _noisy(kind, N, seed % 1000)
+    X = hankel_embed(x, L)
+    sf = np.linalg.svd(X, compute_uv=False)
+    if r + 2 > min(X.shape) // 2:
+        return
+    res = decompose(x, L, r, "symlanczos")
+    d = res.diagnostics
+    if not d["converged"]:                                # only a basis of all R^n is certain; it must say so
+        assert d["steps"] == d["ncv"]
+        return
+    true = np.maximum(np.linalg.norm(X @ res.V - res.U * res.s, axis=0),
+                      np.linalg.norm(X.T @ res.U - res.V * res.s, axis=0)) / res.s[0]
+    assert true.max() <= 1e-7 and np.abs(res.U.T @ res.U - np.eye(r)).max() < 1e-9
+    np.testing.assert_allclose(res.s, sf[:r], atol=2e-7 * sf[0])
+
+
 def test_long_series_blocks_are_transformed_row_by_row_and_match_correlate():
     "From nfft = 2**18 a block of rows takes the row-by-row path; each row is a numpy.correlate of the series."
     N, L = 2 ** 18 + 7, 40
@@ -301,6 +324,15 @@ def test_propack_enlarges_a_too_small_default_krylov_space():
     np.testing.assert_allclose(res.s, s_full, rtol=1e-8)
     with pytest.raises(ConvergenceFailure, match=r"propack: rank 5 did not converge at tol 1e-07 \(kmax=60\)"):
         decompose(x, 1000, 5, "propack", options={"propack": {"max_iter": 60}})     # an explicit kmax is kept
+
+
+@pytest.mark.parametrize("method", ["auto", "full", "eigen", "symlanczos", "irlba", "propack", "lanczos", "randomized"])
+def test_an_all_zero_series_has_zero_singular_values(method):
+    "X = 0: every method returns s = 0 and orthonormal U, V (irlba used to return one value, ARPACK to raise)."
+    res = decompose(np.zeros(4000), 2000, 3, method)
+    assert res.s.shape == (3,) and not res.s.any() and res.diagnostics["converged"]
+    assert np.allclose(res.U.T @ res.U, np.eye(3)) and np.allclose(res.V.T @ res.V, np.eye(3))
+    assert res.U.shape == (2000, 3) and res.V.shape == (2001, 3)
 
 
 def test_auto_keeps_direct_methods_for_small_problems():
