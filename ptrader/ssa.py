@@ -487,7 +487,8 @@ def _symlanczos_shape(op) -> str | None:
     if op.M != 1 or op.embedding != "hankel":
         return "needs a one-channel Hankel trajectory matrix"
     if abs(op.L - op.K) > 1:
-        return f"needs a square symmetric block: |K - L| <= 1 (L = N/2 or N/2 + 1 for even N, (N + 1)/2 for odd N), got L={op.L}, K={op.K}"
+        return (f"needs a square symmetric block: |K - L| <= 1 (L = N/2 or N/2 + 1 for even N, (N + 1)/2 for odd N), "
+                f"got L={op.L}, K={op.K}")
     return None
 
 
@@ -499,8 +500,9 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     coefficient kept) gives ``Z Q_k = Q_{k+1} H`` with H (k+1, k) tridiagonal to rounding; then ``X^T Q_k = [Q_{k+1} H;
     ||c|| e_1^T]`` exactly, and the Ritz triples of X on the left basis Q_k and the right basis ``[Q_{k+1}, e_K]`` are
     the SVD of the (k+2, k) matrix ``B = [H; ||c|| e_1^T]``: ``X^T u = s v`` to rounding and ``||X v - s u||`` read off
-    the next step (within about ``eta * s_1`` of the explicit residual; the run stops ``10 eta`` inside `tol`). ``K = L``: X = Z, random start (seeded). ``L = K + 1``: the same on ``X^T``. Raises ValueError for
-    any other shape or for ``ncv < r + 2``.
+    the next step (within about ``eta * s_1`` of the explicit residual; the run stops ``10 eta`` inside `tol`).
+    ``K = L``: X = Z, random start (seeded). ``L = K + 1``: the same on ``X^T``. Raises ValueError for any other
+    shape or for ``ncv < r + 2``.
 
     Why it pays: k products span ``K_k(Z, c)``, which holds ``K_{k/2}(X X^T, c)`` (what Golub-Kahan reaches with the
     same products) and the odd powers of Z besides; and the sine/cosine pairs of the noise floor, near-double singular
@@ -514,8 +516,7 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     Gragg, Kaufman & Stewart 1976). So the basis stays orthogonal to `eta` and about every other step reads it.
 
     Returns ``(U, s, V, info)``; info has steps (= products), ncv, start ("last column", "last row" or "random"),
-    reorth_measured / reorth_passes (steps whose vector was measured against / corrected against the older rows),
-    residuals (recurrence, relative to s_1), converged.
+    reorth_passes (passes over the older rows), residuals (recurrence, relative to s_1), converged.
 
     References: Lanczos (1950); Golub & Van Loan (2013), Sect. 10.1; Parlett (1998), Ch. 13 (reorthogonalization)."""
     why = _symlanczos_shape(op)
@@ -541,7 +542,7 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     blas = scipy.linalg.blas
     margin = min(10 * eta, 0.1 * tol)    # the recurrence residual is within ~eta s_1 of the explicit one (loss <= eta)
     blk = max(1, (4 << 20) // (8 * width))              # rows per block of the older-row pass: 4 MiB, in cache
-    j, s1, znorm, passes, measured, converged = 0, 0.0, 0.0, 0, 0, False
+    j, s1, znorm, passes, converged = 0, 0.0, 0.0, 0, False
     res, s, P, Wt, k, solved = np.full(r, np.inf), None, None, None, 0, -1
     loss = np.zeros(ncv + 2)                             # each q_j's largest component along the older rows (bound)
 
@@ -566,12 +567,11 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
                 break
         if lo > 0:
             # what the recurrence carries into w from the older rows: q_j's loss times ||Z||, q_{j-1}'s times beta,
-            # and the rounding of the product; measured (one pass over the basis) only when that may exceed eta
+            # and the rounding of the product; orthogonalized against them only when that may exceed eta
             est = (loss[j] * znorm + loss[j - 1] * H[j, j - 1] + 1e-14 * znorm) / max(nw, 1e-300)
             if est <= eta:
                 loss[j + 1] = est
             else:                                        # block Gram-Schmidt: each block read once, while cached
-                measured += 1
                 passes += 1
                 for b0 in range(0, lo, blk):
                     h = Q[b0:min(b0 + blk, lo)] @ w
@@ -610,8 +610,8 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     if cn > 0:
         right[n] = P[k + 1, :r]
     U, V = (right, left) if tr else (left, right)
-    info = dict(steps=j, ncv=ncv, start=start, reorth_passes=passes, reorth_measured=measured,
-                residuals=res / s1 if s1 > 0 else res, residual_kind="recurrence", converged=converged)
+    info = dict(steps=j, ncv=ncv, start=start, reorth_passes=passes, residuals=res / s1 if s1 > 0 else res,
+                residual_kind="recurrence", converged=converged)
     return U, s[:r], V, info
 
 # %% ../nbs/03_ssa.ipynb #a1c0ff05
@@ -858,7 +858,8 @@ def _fix_signs(U, V):
     return Uo, Vo
 
 
-_OPTIONS = {"symlanczos": ("ncv",), "irlba": ("block_size", "ncv", "max_restarts"), "randomized": ("n_oversamples", "n_iter", "max_iter"),
+_OPTIONS = {"symlanczos": ("ncv",), "irlba": ("block_size", "ncv", "max_restarts"),
+            "randomized": ("n_oversamples", "n_iter", "max_iter"),
             "lanczos": ("ncv", "max_iter"), "propack": ("max_iter",)}
 
 
@@ -991,7 +992,8 @@ def decompose(x, L: int, rank: int | None = None, method: str = "auto", embeddin
         component along one member can come back as its twin, e.g. ``s_6`` in place of ``s_5`` (both meet `tol`).
         `twin_check` looks for such a miss.
     options : mapping method -> mapping, optional
-        Per-method settings: symlanczos ``ncv`` (largest basis, ``max(120, 10r + 20)``); irlba ``block_size`` (1), ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
+        Per-method settings: symlanczos ``ncv`` (largest basis, ``max(120, 10r + 20)``); irlba ``block_size`` (1),
+        ``ncv`` (basis size before a restart, ``max(3r + 2b, r + 15)``),
         ``max_restarts`` (100); randomized ``n_oversamples`` (10), ``n_iter`` (2), ``max_iter`` (``n_iter``; 200 in
         "auto"); lanczos ``ncv``, ``max_iter``; propack ``max_iter`` (Krylov dimension).
     twin_check : bool

@@ -446,8 +446,8 @@ def test_batched_ssa_matches_per_window_full_svd_on_noisy_windows(L):
     np.testing.assert_allclose(rec, cpu.reconstruction, atol=1e-8)
 
 
-# operator products of the default method (symlanczos and its twin check) at N = 1e6, rank 5, seed 0: measured 36, 48, 26, 7,
-# plus ~10% (irlba needs 39, 59, 39, 13)
+# operator products of the default method (symlanczos and its twin check) at N = 1e6, rank 5, seed 0:
+# measured 36, 48, 26, 7, plus ~10% (irlba needs 39, 59, 39, 13)
 _BUDGET_1M = {"white": 40, "ar1": 53, "rw": 29, "clean": 8}
 
 
