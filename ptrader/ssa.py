@@ -605,8 +605,10 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     if solved != k:                                      # stopped at ncv on a step without the small SVD
         P, s, Wt, res = ritz(k)
         s1 = s[0]
-    left = (Wt[:r] @ Q[:k])[:, :n].T                     # (n, r); full rows: a strided slice would be copied
-    right = (P[:k + 1, :r].T @ Q[:k + 1]).T               # (width, r)
+    C = np.zeros((2 * r, k + 1))                         # both sides' coefficients: one pass over the basis
+    C[:r, :k], C[r:] = Wt[:r], P[:k + 1, :r].T
+    C = C @ Q[:k + 1]                                    # (2r, width); full rows: a strided slice would be copied
+    left, right = C[:r, :n].T, C[r:].T                   # (n, r), (width, r)
     if cn > 0:
         right[n] = P[k + 1, :r]
     U, V = (right, left) if tr else (left, right)
@@ -727,14 +729,15 @@ def _svd_scipy(op, r: int, solver: str, *, tol: float, seed: int, ncv: int | Non
 # %% ../nbs/03_ssa.ipynb #c3a9e0b2
 def _hilbert_rows(R) -> np.ndarray:
     """Discrete Hilbert transform of each row of R (b, n), float64 (b, n): the imaginary part of `scipy.signal.hilbert`
-    (Marple 1999), by one real FFT pair per row (-i on positive frequencies, zero at DC and, for even n, Nyquist)."""
+    (Marple 1999), by one real FFT pair per row (-i on positive frequencies, zero at DC and, for even n, Nyquist), the
+    rows spread over the cores."""
     n = R.shape[1]
-    F = sfft.rfft(R, axis=-1)
+    F = sfft.rfft(R, axis=-1, workers=-1)
     F *= -1j
     F[:, 0] = 0.0
     if n % 2 == 0:
         F[:, -1] = 0.0
-    return sfft.irfft(F, n=n, axis=-1, overwrite_x=True)
+    return sfft.irfft(F, n=n, axis=-1, workers=-1, overwrite_x=True)
 
 
 def _twin_check(op, U, s, V, tol: float, steps: int = 1, refine: int = 0):
