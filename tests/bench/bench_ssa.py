@@ -247,7 +247,8 @@ def main():
     ap.add_argument("--child-1m", nargs=2, metavar=("N", "METHOD"))
     ap.add_argument("--only", choices=("10k", "1m", "rolling", "noisy"))
     ap.add_argument("--methods-1m", default="auto", help="comma-separated methods for case 4 at N = 1e6")
-    ap.add_argument("--repeat", type=int, default=3, help="case 4: runs per row, the smallest count is printed")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="case 4: rounds of every method (rotated order); the smallest count of each is printed")
     a = ap.parse_args()
     if a.child_1m:
         case_1m_child(int(a.child_1m[0]), a.child_1m[1])
