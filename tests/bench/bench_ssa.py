@@ -196,10 +196,10 @@ def case_noisy(sizes, methods_1m, kinds=("white", "ar1", "rw", "clean"), r: int 
                         continue
                     wall, cpu = time.perf_counter() - t0, time.process_time() - p0
                     w1, c1 = fft_pair_unit(N)
+                    pairs, pairs_cpu = wall / ((w0 + w1) / 2), cpu / ((c0 + c1) / 2)
                     b = best.get(method, (np.inf, np.inf, np.inf))
-                    if wall / ((w0 + w1) / 2) < b[1]:
-                        b = (wall, wall / ((w0 + w1) / 2), b[2])
-                    best[method], last[method] = (b[0], b[1], min(b[2], cpu / ((c0 + c1) / 2))), res
+                    best[method] = (*((wall, pairs) if pairs < b[1] else b[:2]), min(b[2], pairs_cpu))
+                    last[method] = res
             for method in methods:
                 if method in failed:
                     print(f"{kind:6s} {N:9,d} {method:>13s}  ConvergenceFailure: {failed[method][:200]}")
