@@ -514,8 +514,9 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
     exceeds `eta` is the vector orthogonalized against them, by block Gram-Schmidt: rows of at most 512 KiB in blocks
     of about 1 MiB, which stay in cache between their coefficients and their update (one read of the basis); longer
     rows (N above ~130,000) in one block, two reads of the basis by BLAS (row blocks that no longer fit in cache
-    measured 1.6-2x slower at N = 4e5 and 1e6, and 4 MiB blocks 1.3x slower than 1 MiB at N = 1e5), and once more if that dropped its norm by more than 30% (Daniel,
-    Gragg, Kaufman & Stewart 1976). So the basis stays orthogonal to `eta` and about every other step reads it.
+    measured 1.6-2x slower at N = 4e5 and 1e6, and 4 MiB blocks 1.3x slower than 1 MiB at N = 1e5), and once more if
+    that dropped its norm by more than 30% (Daniel, Gragg, Kaufman & Stewart 1976). So the basis stays orthogonal to
+    `eta` and about every other step reads it.
     The small SVD (the convergence test) runs a quarter of the way to where the residuals' recent rate of decrease
     meets `tol`, 1 to 4 steps apart (on the noisy test series at N = 4,000 and 1e5: 2-3x fewer SVDs than every other
     step, the same products to within one step).
