@@ -506,7 +506,8 @@ SELECT name, ipynb, html, record, result FROM (
     SELECT *, row_number() OVER (ORDER BY started_utc DESC, name DESC) AS newest,
               row_number() OVER (PARTITION BY status = 'ok' ORDER BY started_utc DESC, name DESC) AS newest_of_status
     FROM runs WHERE template = ?)
-WHERE newest > ? AND NOT (status <> 'ok' AND newest_of_status = 1)"""
+WHERE newest > ? AND NOT (status <> 'ok' AND newest_of_status = 1)
+ORDER BY started_utc DESC, name DESC"""
 
 def _prune(con, template: str, keep: int) -> list[tuple]:
     "Rows of `template` beyond the newest `keep`, except its newest failure: deleted here, returned with their files."
@@ -529,7 +530,7 @@ def record_run(rec: dict, # a run's record, as `run_report` writes it to `<name>
     """Insert (or replace) the run `rec` in the run table and, in the same transaction, apply the retention policy
     to its template: keep the newest `keep` runs and, whatever its age, the newest failed one. Then delete the
     pruned runs' files (`.ipynb`, `.html`, `.json`, `.result.json`) and rebuild `index.html`. Returns the names
-    pruned. Raises `ValueError` for a bad `keep`, `ReportError` when the table stays locked (see `run_table`)."""
+    pruned, newest first. Raises `ValueError` for a bad `keep`, `ReportError` when the table stays locked (see `run_table`)."""
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     keep = keep_runs(keep)
     with run_table(out) as con:
