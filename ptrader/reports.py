@@ -530,7 +530,8 @@ def record_run(rec: dict, # a run's record, as `run_report` writes it to `<name>
     """Insert (or replace) the run `rec` in the run table and, in the same transaction, apply the retention policy
     to its template: keep the newest `keep` runs and, whatever its age, the newest failed one. Then delete the
     pruned runs' files (`.ipynb`, `.html`, `.json`, `.result.json`) and rebuild `index.html`. Returns the names
-    pruned, newest first. Raises `ValueError` for a bad `keep`, `ReportError` when the table stays locked (see `run_table`)."""
+    pruned, newest first. Raises `ValueError` for a bad `keep`, `ReportError` when the table stays locked (see
+    `run_table`)."""
     out = Path(out_dir) if out_dir is not None else _reports_dir()
     keep = keep_runs(keep)
     with run_table(out) as con:
