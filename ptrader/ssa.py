@@ -578,7 +578,7 @@ def _symlanczos(op, r: int, *, tol: float, ncv: int | None = None, seed: int = 0
             est = (loss[j] * znorm + loss[j - 1] * H[j, j - 1] + 1e-14 * znorm) / max(nw, 1e-300)
             if est <= eta:
                 loss[j + 1] = est
-            else:                                        # block Gram-Schmidt: each block read once, while cached
+            else:                                        # block Gram-Schmidt (blocks: see `blk` above)
                 passes += 1
                 for b0 in range(0, lo, blk):
                     h = Q[b0:min(b0 + blk, lo)] @ w
